@@ -1,0 +1,168 @@
+"""DreamerV3-style actor-critic trained purely in imagination (paper A.2, tables 8 and 14).
+
+The agent sees s_l = [z_l (K*C), h_l (D)]. From an imagined rollout s_0..s_H with rewards
+r_l and continuation flags c_l = 1 - termination_l of the transition out of s_l:
+
+  lambda-return (eq. 9):  G_H = V(s_H),  G_l = r_l + gamma c_l [(1 - lambda) V(s_{l+1}) + lambda G_{l+1}]
+  critic:   two-hot CE to sg(G_l) + two-hot CE to the slow critic's sg(V_slow(s_l))
+  actor:    REINFORCE with advantage (G_l - V(s_l)) / max(1, S) and an entropy bonus, where
+            S is an EMA of the 95th - 5th percentile range of G.
+
+`Models.Agent.StormCompat=true` reproduces the authors' code instead: the bootstrap inside
+the recursion uses V(s_l) in place of V(s_{l+1}), and the regulariser regresses toward the
+slow critic's lambda-return.
+"""
+import copy
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from sub_models.functions_losses import SymlogTwoHot
+from sub_models.world_models import Imagination, autocast_for
+
+
+def mlp(in_dim: int, hidden: int, out_dim: int, num_layers: int) -> nn.Sequential:
+    layers, width = [], in_dim
+    for _ in range(num_layers):
+        layers += [nn.Linear(width, hidden, bias=False), nn.LayerNorm(hidden), nn.ReLU()]
+        width = hidden
+    return nn.Sequential(*layers, nn.Linear(width, out_dim))
+
+
+def lambda_returns(rewards, continues, values, gamma: float, lam: float, storm_compat: bool = False):
+    """rewards, continues (B, H); values (B, H+1) = V(s_0..s_H) -> G (B, H).
+
+    storm_compat bootstraps with V(s_l) instead of V(s_{l+1}) (the authors' indexing).
+    """
+    horizon = rewards.shape[1]
+    bootstrap = values[:, :-1] if storm_compat else values[:, 1:]
+    returns = torch.empty_like(rewards)
+    next_return = values[:, -1]
+    for l in reversed(range(horizon)):
+        next_return = rewards[:, l] + gamma * continues[:, l] * ((1 - lam) * bootstrap[:, l] + lam * next_return)
+        returns[:, l] = next_return
+    return returns
+
+
+class ReturnNormalizer(nn.Module):
+    """S = EMA of (P_high(G) - P_low(G)); advantages are divided by max(1, S).
+
+    Starts at 0 like the authors' and DreamerV3's, so early small ranges are not blown up.
+    """
+
+    def __init__(self, decay: float, low_percentile: float, high_percentile: float):
+        super().__init__()
+        self.decay, self.low, self.high = decay, low_percentile / 100.0, high_percentile / 100.0
+        self.register_buffer("scale", torch.zeros(()))
+
+    def update(self, returns: torch.Tensor) -> torch.Tensor:
+        flat = returns.detach().float().flatten()
+        spread = torch.quantile(flat, self.high) - torch.quantile(flat, self.low)
+        self.scale.mul_(self.decay).add_((1 - self.decay) * spread)
+        return torch.clamp(self.scale, min=1.0)
+
+
+class ContinuousActionDist:
+    """Normal(tanh(mean), 2 sigmoid(std/2) + 0.1) per dimension, samples clipped to [-1, 1]
+    with straight-through gradients; log-prob and entropy summed over dimensions."""
+
+    def __init__(self, raw: torch.Tensor):
+        mean_raw, std_raw = raw.float().chunk(2, dim=-1)
+        self.normal = torch.distributions.Normal(torch.tanh(mean_raw), 2 * torch.sigmoid(std_raw / 2) + 0.1)
+
+    def sample(self) -> torch.Tensor:
+        sample = self.normal.rsample()
+        return sample + (sample.clamp(-1, 1) - sample).detach()
+
+    def log_prob(self, action: torch.Tensor) -> torch.Tensor:
+        return self.normal.log_prob(action).sum(-1)
+
+    def entropy(self) -> torch.Tensor:
+        return self.normal.entropy().sum(-1)
+
+
+class ActorCriticAgent(nn.Module):
+    def __init__(self, agent_cfg, state_dim: int, action_dim: int, discrete_actions: bool, use_bf16: bool = False):
+        super().__init__()
+        self.cfg, self.discrete, self.action_dim, self.use_bf16 = agent_cfg, discrete_actions, action_dim, use_bf16
+        self.entropy_coef = agent_cfg.EntropyCoef if discrete_actions else agent_cfg.ContinuousEntropyCoef
+        actor_out = action_dim if discrete_actions else 2 * action_dim
+        self.actor = mlp(state_dim, agent_cfg.HiddenDim, actor_out, agent_cfg.NumLayers)
+        self.critic = mlp(state_dim, agent_cfg.HiddenDim, agent_cfg.CriticBins, agent_cfg.NumLayers)
+        self.slow_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.value_codec = SymlogTwoHot(agent_cfg.CriticBins, agent_cfg.CriticLow, agent_cfg.CriticHigh)
+        self.return_normalizer = ReturnNormalizer(agent_cfg.ReturnNormDecay, agent_cfg.ReturnNormLowPercentile,
+                                                  agent_cfg.ReturnNormHighPercentile)
+        self.optimizer = torch.optim.Adam(list(self.actor.parameters()) + list(self.critic.parameters()),
+                                          lr=agent_cfg.LearningRate, eps=agent_cfg.AdamEps)
+
+    @property
+    def device(self) -> torch.device:
+        return self.critic[0].weight.device
+
+    def action_dist(self, states: torch.Tensor):
+        raw = self.actor(states)
+        if self.discrete:
+            return torch.distributions.Categorical(logits=raw.float())
+        return ContinuousActionDist(raw)
+
+    @torch.no_grad()
+    def policy(self, latent: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """Sampled action for s = [z, h]: an index (N,) for discrete, a vector (N, A) in [-1, 1] otherwise."""
+        with autocast_for(self.device, self.use_bf16):
+            return self.action_dist(torch.cat([latent, hidden], dim=-1)).sample()
+
+    @torch.no_grad()
+    def update_slow_critic(self):
+        decay = self.cfg.SlowCriticDecay
+        for slow, fast in zip(self.slow_critic.parameters(), self.critic.parameters()):
+            slow.lerp_(fast, 1.0 - decay)
+
+    def loss(self, rollout: Imagination) -> tuple[torch.Tensor, dict]:
+        cfg = self.cfg
+        states = torch.cat([rollout.latents, rollout.hiddens], dim=-1)           # (B, H+1, S)
+        dist = self.action_dist(states[:, :-1])
+        log_prob, entropy = dist.log_prob(rollout.actions), dist.entropy()        # (B, H)
+        critic_logits = self.critic(states)                                      # (B, H+1, bins)
+        with torch.no_grad():
+            values = self.value_codec.decode(critic_logits)
+            slow_values = self.value_codec.decode(self.slow_critic(states))
+            continues = 1.0 - rollout.terminations
+            returns = lambda_returns(rollout.rewards, continues, values, cfg.Gamma, cfg.Lambda, cfg.StormCompat)
+            if cfg.StormCompat:
+                slow_target = lambda_returns(rollout.rewards, continues, slow_values, cfg.Gamma, cfg.Lambda, True)
+            else:
+                slow_target = slow_values[:, :-1]
+            scale = self.return_normalizer.update(returns)
+            advantage = (returns - values[:, :-1]) / scale
+
+        value_loss = self.value_codec.loss(critic_logits[:, :-1], returns).mean()
+        slow_regularizer = self.value_codec.loss(critic_logits[:, :-1], slow_target).mean()
+        policy_loss = -(log_prob * advantage).mean()
+        entropy_mean = entropy.mean()
+        total = policy_loss - self.entropy_coef * entropy_mean + value_loss + cfg.SlowCriticRegularizer * slow_regularizer
+        metrics = {
+            "agent/total_loss": total, "agent/policy_loss": policy_loss, "agent/value_loss": value_loss,
+            "agent/slow_critic_loss": slow_regularizer, "agent/entropy": entropy_mean,
+            "agent/return_scale": self.return_normalizer.scale, "agent/lambda_return": returns.mean(),
+            "agent/value": values.mean(), "agent/imagined_reward": rollout.rewards.mean(),
+            "agent/imagined_termination": rollout.terminations.mean(),
+        }
+        return total, {k: v.detach().clone() for k, v in metrics.items()}
+
+    def update(self, rollout: Imagination) -> tuple[dict, bool]:
+        """One Adam step on an imagined rollout, then the slow critic moves toward the critic.
+        A non-finite loss or gradient skips both (returns finite=False)."""
+        with autocast_for(self.device, self.use_bf16):
+            total, metrics = self.loss(rollout)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        grad_norm = nn.utils.clip_grad_norm_(params, self.cfg.MaxGradNorm)
+        finite = bool(torch.isfinite(grad_norm) & torch.isfinite(total))
+        if finite:
+            self.optimizer.step()
+            self.update_slow_critic()
+        metrics["agent/grad_norm"] = grad_norm.detach()
+        return metrics, finite

@@ -1,0 +1,306 @@
+"""Loading and validating the run configuration.
+
+The YAML files in config_files/ hold every number; this module holds only their *shape*
+(the schema below: which keys exist and their types) and the checks that sizes fit
+together. `load_config` is what train.py and eval.py call; it goes through Hydra, so
+command-line overrides (`Models.Agent.Gamma=0.99`, `+preset=cpu`, `--config-name
+GITSTORM`) work as usual, and it honours `BasicSettings.config_path`, which the
+authors' release ignored.
+"""
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+CONFIG_DIR = Path(__file__).resolve().parent / "config_files"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown, mistyped or inconsistent."""
+
+
+@dataclass
+class BasicSettingsSchema:
+    n: Optional[str] = None
+    env_name: str = MISSING
+    model: str = MISSING
+    config_path: str = MISSING
+    Seed: int = MISSING
+    ImageSize: int = MISSING
+    Device: str = MISSING
+    MixedPrecision: str = MISSING
+    Resume: str = MISSING
+    RunsDir: str = MISSING
+    CheckpointDir: str = MISSING
+
+
+@dataclass
+class JointTrainAgentSchema:
+    SampleMaxSteps: int = MISSING
+    NumEnvs: int = MISSING
+    BufferMaxLength: int = MISSING
+    BufferWarmUp: int = MISSING
+    BufferOnDevice: bool = MISSING
+    BatchSize: int = MISSING
+    BatchLength: int = MISSING
+    ImagineBatchSize: int = MISSING
+    ImagineContextLength: int = MISSING
+    ImagineBatchLength: int = MISSING
+    TrainDynamicsEverySteps: int = MISSING
+    TrainAgentEverySteps: int = MISSING
+    RealityContextLength: int = MISSING
+    SaveEverySteps: int = MISSING
+    KeepCheckpoints: int = MISSING
+    LogEverySteps: int = MISSING
+    VideoEverySteps: int = MISSING
+    MaxNonFiniteUpdates: int = MISSING
+
+
+@dataclass
+class WorldModelSchema:
+    Prior: str = MISSING
+    InChannels: int = MISSING
+    EncoderBaseChannels: int = MISSING
+    EncoderStages: int = MISSING
+    CategoricalDim: int = MISSING
+    ClassDim: int = MISSING
+    Unimix: float = MISSING
+    StateMixer: str = MISSING
+    TransformerMaxLength: int = MISSING
+    TransformerHiddenDim: int = MISSING
+    TransformerNumLayers: int = MISSING
+    TransformerNumHeads: int = MISSING
+    TransformerFeedForwardDim: int = MISSING
+    Dropout: float = MISSING
+    HeadHiddenDim: int = MISSING
+    RewardBins: int = MISSING
+    RewardLow: float = MISSING
+    RewardHigh: float = MISSING
+    ReconstructionWeight: float = MISSING
+    RewardWeight: float = MISSING
+    TerminationWeight: float = MISSING
+    DynamicsWeight: float = MISSING
+    RepresentationWeight: float = MISSING
+    FreeBits: float = MISSING
+    FreeBitsPerStep: bool = MISSING
+    LearningRate: float = MISSING
+    AdamEps: float = MISSING
+    MaxGradNorm: float = MISSING
+
+
+@dataclass
+class MaskGitSchema:
+    EmbeddingDim: int = MISSING
+    NumLayers: int = MISSING
+    NumHeads: int = MISSING
+    FeedForwardDim: int = MISSING
+    Dropout: float = MISSING
+    MaskSchedule: str = MISSING
+    MinMaskRatio: float = MISSING
+    DraftRounds: int = MISSING
+    ReviseRounds: int = MISSING
+    ReviseRepetitions: int = MISSING
+    Temperature: float = MISSING
+    TrainTarget: str = MISSING
+    DotProductLogits: bool = MISSING
+
+
+@dataclass
+class AgentSchema:
+    HiddenDim: int = MISSING
+    NumLayers: int = MISSING
+    Gamma: float = MISSING
+    Lambda: float = MISSING
+    EntropyCoef: float = MISSING
+    ContinuousEntropyCoef: float = MISSING
+    CriticBins: int = MISSING
+    CriticLow: float = MISSING
+    CriticHigh: float = MISSING
+    SlowCriticDecay: float = MISSING
+    SlowCriticRegularizer: float = MISSING
+    ReturnNormDecay: float = MISSING
+    ReturnNormLowPercentile: float = MISSING
+    ReturnNormHighPercentile: float = MISSING
+    LearningRate: float = MISSING
+    AdamEps: float = MISSING
+    MaxGradNorm: float = MISSING
+    StormCompat: bool = MISSING
+
+
+@dataclass
+class ModelsSchema:
+    WorldModel: WorldModelSchema = field(default_factory=WorldModelSchema)
+    MaskGit: MaskGitSchema = field(default_factory=MaskGitSchema)
+    Agent: AgentSchema = field(default_factory=AgentSchema)
+
+
+@dataclass
+class RunConfigSchema:
+    BasicSettings: BasicSettingsSchema = field(default_factory=BasicSettingsSchema)
+    JointTrainAgent: JointTrainAgentSchema = field(default_factory=JointTrainAgentSchema)
+    Models: ModelsSchema = field(default_factory=ModelsSchema)
+
+
+CHOICES = {
+    "Models.WorldModel.Prior": ("mlp", "maskgit"),
+    "Models.WorldModel.StateMixer": ("concat", "concat_attn", "cross_attn"),
+    "Models.MaskGit.MaskSchedule": ("cosine", "linear"),
+    "Models.MaskGit.TrainTarget": ("current", "next"),
+    "BasicSettings.MixedPrecision": ("auto", "bf16", "fp32"),
+    "BasicSettings.Resume": ("auto", "fresh"),
+}
+
+
+def _known_keys(node, prefix=""):
+    keys = []
+    for key in node.keys():
+        path = f"{prefix}{key}"
+        keys.append(path)
+        value = node._get_node(key)
+        if isinstance(value, DictConfig):
+            keys += _known_keys(value, path + ".")
+    return keys
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Check keys and types against the schema, then that the sizes fit together.
+
+    Returns the config typed by the schema (ints are ints, floats floats) and read-only
+    against new keys, so a typo later in code fails instead of silently reading None.
+    """
+    schema = OmegaConf.structured(RunConfigSchema)
+    try:
+        typed = OmegaConf.merge(schema, cfg)
+    except ConfigKeyError as error:
+        bad = error.full_key or str(error)
+        nearest = difflib.get_close_matches(bad, _known_keys(schema), n=3, cutoff=0.6)
+        hint = f"; did you mean {', '.join(nearest)}?" if nearest else ""
+        raise ConfigError(f"unknown config key {bad!r}{hint}") from None
+    except ValidationError as error:
+        raise ConfigError(f"config key {error.full_key!r} has value {error.value!r}, "
+                          f"which is not of the expected type ({error.msg.splitlines()[0]})") from None
+    missing = sorted(OmegaConf.missing_keys(typed))
+    if missing:
+        raise ConfigError(f"config keys without a value: {', '.join(missing)}")
+    OmegaConf.set_struct(typed, True)
+    _check_choices(typed)
+    _check_sizes(typed)
+    return typed
+
+
+def _check_choices(cfg):
+    for path, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, path)
+        if value not in allowed:
+            raise ConfigError(f"{path}={value!r}: expected one of {', '.join(allowed)}")
+
+
+def _require(condition, path, value, expected):
+    if not condition:
+        raise ConfigError(f"{path}={value!r}: {expected}")
+
+
+def _check_sizes(cfg):
+    train, wm, mg, agent = cfg.JointTrainAgent, cfg.Models.WorldModel, cfg.Models.MaskGit, cfg.Models.Agent
+    for path in ("JointTrainAgent.SampleMaxSteps", "JointTrainAgent.NumEnvs", "JointTrainAgent.BatchSize",
+                 "JointTrainAgent.BatchLength", "JointTrainAgent.ImagineBatchSize",
+                 "JointTrainAgent.ImagineContextLength", "JointTrainAgent.ImagineBatchLength",
+                 "JointTrainAgent.RealityContextLength", "JointTrainAgent.SaveEverySteps",
+                 "JointTrainAgent.KeepCheckpoints", "JointTrainAgent.LogEverySteps",
+                 "JointTrainAgent.TrainDynamicsEverySteps", "JointTrainAgent.TrainAgentEverySteps",
+                 "Models.WorldModel.CategoricalDim", "Models.WorldModel.ClassDim",
+                 "Models.WorldModel.TransformerHiddenDim", "Models.WorldModel.TransformerNumLayers",
+                 "Models.WorldModel.TransformerNumHeads", "Models.MaskGit.NumLayers",
+                 "Models.MaskGit.DraftRounds", "Models.MaskGit.ReviseRounds", "Models.Agent.HiddenDim"):
+        value = OmegaConf.select(cfg, path)
+        _require(value >= 1, path, value, "expected a positive integer")
+    _require(cfg.BasicSettings.ImageSize == 2 ** wm.EncoderStages * 4, "BasicSettings.ImageSize",
+             cfg.BasicSettings.ImageSize,
+             f"expected 4 * 2**EncoderStages = {2 ** wm.EncoderStages * 4} (the encoder ends at 4x4)")
+    max_len = wm.TransformerMaxLength
+    for path, length in (("JointTrainAgent.BatchLength", train.BatchLength),
+                         ("JointTrainAgent.RealityContextLength", train.RealityContextLength),
+                         ("JointTrainAgent.ImagineContextLength+ImagineBatchLength",
+                          train.ImagineContextLength + train.ImagineBatchLength)):
+        _require(length <= max_len, path, length,
+                 f"expected at most Models.WorldModel.TransformerMaxLength={max_len}")
+    _require(wm.TransformerHiddenDim % wm.TransformerNumHeads == 0, "Models.WorldModel.TransformerHiddenDim",
+             wm.TransformerHiddenDim, f"expected a multiple of TransformerNumHeads={wm.TransformerNumHeads}")
+    if wm.Prior == "maskgit":
+        _require(wm.TransformerHiddenDim % wm.CategoricalDim == 0, "Models.WorldModel.TransformerHiddenDim",
+                 wm.TransformerHiddenDim,
+                 f"expected a multiple of CategoricalDim={wm.CategoricalDim}: the MaskGIT prior gives each "
+                 "of the CategoricalDim tokens an equal slice of h_t")
+        _require(mg.EmbeddingDim % mg.NumHeads == 0, "Models.MaskGit.EmbeddingDim", mg.EmbeddingDim,
+                 f"expected a multiple of Models.MaskGit.NumHeads={mg.NumHeads}")
+        _require(mg.DraftRounds <= wm.CategoricalDim, "Models.MaskGit.DraftRounds", mg.DraftRounds,
+                 f"expected at most CategoricalDim={wm.CategoricalDim} (one token per draft pass at least)")
+        _require(mg.ReviseRounds <= wm.CategoricalDim, "Models.MaskGit.ReviseRounds", mg.ReviseRounds,
+                 f"expected at most CategoricalDim={wm.CategoricalDim}")
+    _require(train.BufferWarmUp >= train.BatchLength, "JointTrainAgent.BufferWarmUp", train.BufferWarmUp,
+             f"expected at least BatchLength={train.BatchLength} so the first batch can be sampled")
+    _require(train.BufferMaxLength >= train.BufferWarmUp, "JointTrainAgent.BufferMaxLength",
+             train.BufferMaxLength, f"expected at least BufferWarmUp={train.BufferWarmUp}")
+    _require(0.0 <= agent.ReturnNormLowPercentile < agent.ReturnNormHighPercentile <= 100.0,
+             "Models.Agent.ReturnNormLowPercentile", agent.ReturnNormLowPercentile,
+             f"expected 0 <= low < ReturnNormHighPercentile={agent.ReturnNormHighPercentile} <= 100")
+
+
+def config_name_from_path(config_path: str) -> str:
+    """'config_files/GITSTORM.yaml' -> 'GITSTORM' (the file must live in config_files/)."""
+    path = Path(config_path)
+    if path.suffix not in (".yaml", ".yml"):
+        raise ConfigError(f"BasicSettings.config_path={config_path!r}: expected a .yaml file in {CONFIG_DIR}")
+    resolved = path if path.is_absolute() else Path.cwd() / path
+    if not resolved.exists() and not (CONFIG_DIR / path.name).exists():
+        available = sorted(p.name for p in CONFIG_DIR.glob("*.yaml"))
+        raise ConfigError(f"BasicSettings.config_path={config_path!r}: no such file; "
+                          f"available in config_files/: {', '.join(available)}")
+    if resolved.exists() and resolved.resolve().parent != CONFIG_DIR:
+        raise ConfigError(f"BasicSettings.config_path={config_path!r}: model configs must live in {CONFIG_DIR} "
+                          "(copy it there, or pass --config-dir to add its folder and --config-name to pick it)")
+    return path.stem
+
+
+def compose_config(config_name: str, overrides: list[str]) -> DictConfig:
+    """Compose `config_name` with Hydra overrides outside of a @hydra.main app (tests, eval.py)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return _select_model_config(compose(config_name=config_name, overrides=overrides), config_name, overrides)
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        return _select_model_config(compose(config_name=config_name, overrides=overrides), config_name, overrides)
+
+
+def _select_model_config(cfg, config_name, overrides):
+    wanted = config_name_from_path(cfg.BasicSettings.config_path)
+    if wanted != config_name:
+        from hydra import compose
+        cfg = compose(config_name=wanted, overrides=overrides)
+    return validate(cfg)
+
+
+def load_config(cfg: DictConfig) -> DictConfig:
+    """Inside a @hydra.main app: re-compose if BasicSettings.config_path names another model
+    config than the one Hydra loaded (same overrides), then validate."""
+    from hydra.core.hydra_config import HydraConfig
+
+    hydra_cfg = HydraConfig.get()
+    return _select_model_config(cfg, hydra_cfg.job.config_name, list(hydra_cfg.overrides.task))
+
+
+def default_run_name(cfg: DictConfig) -> str:
+    """Boxing-STORM-seed_0 for ALE/Boxing-v5; cartpole_balance-GITSTORM-seed_0 for dmc/cartpole_balance."""
+    env = cfg.BasicSettings.env_name
+    short = env.split("/", 1)[-1]
+    if env.startswith("ALE/"):
+        short = short.rsplit("-v", 1)[0]
+    return f"{short}-{cfg.BasicSettings.model}-seed_{cfg.BasicSettings.Seed}"
+
+
+os.environ.setdefault("HYDRA_FULL_ERROR", "0")

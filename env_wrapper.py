@@ -1,0 +1,302 @@
+"""Atari 100k and DeepMind Control Suite environments behind one interface.
+
+Every environment of the project is built here, by `make_env` (one env) or
+`make_vector_env` (N envs stepped together). Both benchmarks look the same to the
+agent: observations are uint8 RGB images of shape (image_size, image_size, 3) and
+`step` returns the gymnasium 5-tuple (obs, reward, terminated, truncated, info).
+
+Environment names
+    "ALE/<Game>-v5"        any game ale_py registers, e.g. "ALE/Boxing-v5",
+                           "ALE/MsPacman-v5"; the 26 of Atari 100k: ATARI_100K_GAMES.
+    "dmc/<domain>_<task>"  any dm_control suite task but lqr, named with dm_control's
+                           own domain and task names joined by "_", e.g.
+                           "dmc/cartpole_balance", "dmc/cartpole_balance_sparse",
+                           "dmc/ball_in_cup_catch" (the paper's "Cup Catch"); the
+                           20 of the paper's Table 6: DMC_TASKS.
+
+Atari (SPEC section 3): ALE v5 with frameskip=1 underneath (sticky actions p=0.25,
+episodes truncated at 108k frames), then action repeat 4 with rewards summed
+(the last step's reward included), the elementwise max of the last two frames, and
+a resize to image_size x image_size RGB with cv2.INTER_AREA. No grayscale, frame
+stack, reward clipping or noop/fire reset. A training env (training=True) reports a
+lost life in info["life_loss"] and carries on: the episode ends only at game over,
+so the training loop uses life_loss | terminated as the world model's termination
+target. An evaluation env never reports life loss.
+
+DMC: dm_control suite rendered by MuJoCo from camera 0 (quadruped: camera 2),
+action repeat 2 with rewards summed, actions in Box(-1, 1) rescaled to the task's
+bounds. An episode is 1000 physics control steps = 500 agent steps and ends with
+truncated=True (a time limit, not a terminal state). MUJOCO_GL defaults to "egl"
+when no display is set, which also works without a GPU.
+
+Seeding: an env built with seed s uses it at its first reset only, so later
+episodes differ from each other while the same seed repeats the same run; env i
+of a vector env gets seed + i. A reset(seed=...) given explicitly reseeds.
+
+info keys of a single env
+    "life_loss"  bool, on every step and reset (always False for DMC and evaluation).
+    "episode"    on the step an episode ends only: {"r": return, "l": length in
+                 agent steps, "t": seconds}, from gymnasium's RecordEpisodeStatistics.
+                 The return is the whole game's (life loss does not end it) and
+                 counts the final step's reward.
+    Atari also passes on ALE's "lives", "episode_frame_number" and "frame_number".
+
+Vector envs use autoreset_mode=SAME_STEP: on a step where env i finished, obs[i]
+is already the first observation of its next episode and
+    infos["final_obs"][i]                the last observation of the finished episode
+    infos["final_info"]                  that step's info, batched like infos, so
+    infos["final_info"]["episode"]["r"][i], ["l"][i]   the finished episode's return
+                                         and length, valid where
+    infos["final_info"]["_episode"][i]   is True.
+    infos["life_loss"]                   bool array of shape (N,); for an env that
+                                         just reset it is the reset's False, the
+                                         final step's value is in infos["final_info"].
+"""
+
+import difflib
+import functools
+import os
+
+import ale_py
+import cv2
+import gymnasium
+import numpy as np
+
+gymnasium.register_envs(ale_py)
+
+ATARI_100K_GAMES = (
+    "Alien", "Amidar", "Assault", "Asterix", "BankHeist", "BattleZone", "Boxing",
+    "Breakout", "ChopperCommand", "CrazyClimber", "DemonAttack", "Freeway",
+    "Frostbite", "Gopher", "Hero", "Jamesbond", "Kangaroo", "Krull", "KungFuMaster",
+    "MsPacman", "Pong", "PrivateEye", "Qbert", "RoadRunner", "Seaquest", "UpNDown",
+)
+
+DMC_TASKS = (
+    "acrobot_swingup", "cartpole_balance", "cartpole_balance_sparse",
+    "cartpole_swingup", "cartpole_swingup_sparse", "cheetah_run", "ball_in_cup_catch",
+    "finger_spin", "finger_turn_easy", "finger_turn_hard", "hopper_hop", "hopper_stand",
+    "pendulum_swingup", "quadruped_run", "quadruped_walk", "reacher_easy",
+    "reacher_hard", "walker_run", "walker_stand", "walker_walk",
+)
+
+ATARI_ACTION_REPEAT = 4
+DMC_ACTION_REPEAT = 2
+STICKY_ACTION_PROBABILITY = 0.25  # ALE v5's default (Machado et al., 2018)
+
+
+def is_dmc(env_name: str) -> bool:
+    return isinstance(env_name, str) and env_name.startswith("dmc/")
+
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _unknown_name_error(kind, env_name, valid_names):
+    close = difflib.get_close_matches(env_name, valid_names, n=5)
+    hint = f"closest valid names: {', '.join(close)}" if close else "no close match"
+    return ValueError(f"unknown {kind} {env_name!r}; {hint}")
+
+
+class AtariPreprocessing(gymnasium.Wrapper):
+    """Action repeat, max of the last two frames, resize, life-loss flag, seed once."""
+
+    def __init__(self, env, image_size, training, seed):
+        super().__init__(env)
+        self.image_size = image_size
+        self.training = training
+        self.observation_space = gymnasium.spaces.Box(
+            0, 255, (image_size, image_size, 3), np.uint8
+        )
+        self._first_reset_seed = seed
+        self._lives = 0
+        self._previous_frame = None
+        self._frame = None
+
+    def _observation(self):
+        # The max over two consecutive frames removes the flicker of Atari sprites
+        # that are drawn only on every other frame.
+        frame = np.maximum(self._previous_frame, self._frame)
+        size = (self.image_size, self.image_size)
+        return cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+
+    def reset(self, *, seed=None, options=None):
+        # Reseeding at every reset would replay the same sticky-action draws in every
+        # episode (a bug of the authors' wrapper): seed only at the first reset.
+        seed = self._first_reset_seed if seed is None else seed
+        self._first_reset_seed = None
+        frame, info = self.env.reset(seed=seed, options=options)
+        self._previous_frame = self._frame = frame
+        self._lives = info["lives"]
+        info["life_loss"] = False
+        return self._observation(), info
+
+    def step(self, action):
+        total_reward = 0.0
+        for _ in range(ATARI_ACTION_REPEAT):
+            frame, reward, terminated, truncated, info = self.env.step(action)
+            self._previous_frame, self._frame = self._frame, frame
+            total_reward += float(reward)
+            if terminated or truncated:
+                break
+        lives = info["lives"]
+        info["life_loss"] = bool(self.training and lives < self._lives)
+        self._lives = lives
+        return self._observation(), total_reward, terminated, truncated, info
+
+
+def _dm_control_suite():
+    """dm_control's suite, imported on first use so that Atari runs never load it."""
+    # MuJoCo picks its OpenGL backend when dm_control is first imported; EGL renders
+    # headless (also on CPU-only machines), while a display allows the default GLFW.
+    if "DISPLAY" not in os.environ:
+        os.environ.setdefault("MUJOCO_GL", "egl")
+    from dm_control import suite
+
+    return suite
+
+
+class DMCEnv(gymnasium.Env):
+    """A dm_control suite task as a gymnasium env with image observations."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, domain, task, seed, image_size):
+        self.domain, self.task, self.image_size = domain, task, image_size
+        self._camera_id = 2 if domain == "quadruped" else 0
+        self._env = self._load(seed)
+        spec = self._env.action_spec()
+        # The agent acts in [-1, 1]; the task's own bounds may differ per dimension.
+        self._action_low = np.broadcast_to(spec.minimum, spec.shape).astype(np.float64)
+        self._action_high = np.broadcast_to(spec.maximum, spec.shape).astype(np.float64)
+        self.action_space = gymnasium.spaces.Box(-1.0, 1.0, spec.shape, np.float32)
+        self.observation_space = gymnasium.spaces.Box(
+            0, 255, (image_size, image_size, 3), np.uint8
+        )
+        self._needs_reset = True
+
+    def _load(self, seed):
+        # The task draws every episode's initial state from this generator, so
+        # seeding it once gives a reproducible run of distinct episodes.
+        return _dm_control_suite().load(self.domain, self.task, task_kwargs={"random": seed})
+
+    def _render(self):
+        return self._env.physics.render(
+            height=self.image_size, width=self.image_size, camera_id=self._camera_id
+        )
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        if seed is not None:
+            self._env.close()
+            self._env = self._load(seed)
+        self._env.reset()
+        self._needs_reset = False
+        return self._render(), {"life_loss": False}
+
+    def step(self, action):
+        if self._needs_reset:
+            raise RuntimeError(f"dmc/{self.domain}_{self.task}: call reset() before step() "
+                               "and after an episode ends")
+        action = np.asarray(action, dtype=np.float64)
+        if action.shape != self.action_space.shape:
+            raise ValueError(f"action must have shape {self.action_space.shape}, "
+                             f"got {action.shape}")
+        action = np.clip(action, -1.0, 1.0)
+        action = self._action_low + (action + 1.0) * (self._action_high - self._action_low) / 2
+        total_reward = 0.0
+        for _ in range(DMC_ACTION_REPEAT):
+            time_step = self._env.step(action)
+            total_reward += time_step.reward
+            if time_step.last():
+                break
+        # dm_env marks a true terminal state with discount 0; the time limit keeps 1.
+        terminated = bool(time_step.last() and time_step.discount == 0.0)
+        truncated = bool(time_step.last() and not terminated)
+        self._needs_reset = terminated or truncated
+        return self._render(), float(total_reward), terminated, truncated, {"life_loss": False}
+
+    def close(self):
+        self._env.close()
+
+
+def _make_atari(env_name, seed, training, image_size, repeat_action_probability):
+    valid_names = sorted(
+        env_id for env_id in gymnasium.registry
+        if env_id.startswith("ALE/") and env_id.endswith("-v5")
+    )
+    if env_name not in valid_names:
+        raise _unknown_name_error("Atari game", env_name, valid_names)
+    env = gymnasium.make(
+        env_name,
+        frameskip=1,
+        full_action_space=False,
+        repeat_action_probability=repeat_action_probability,
+    )
+    return AtariPreprocessing(env, image_size, training, seed)
+
+
+def _make_dmc(env_name, seed, image_size):
+    suite = _dm_control_suite()
+    # Domain names contain underscores too ("ball_in_cup"), so match whole names.
+    # lqr is left out: its actions are unbounded and its episodes never end.
+    tasks = {
+        f"dmc/{domain}_{task}": (domain, task)
+        for domain, task in suite.ALL_TASKS if domain != "lqr"
+    }
+    if env_name not in tasks:
+        raise _unknown_name_error("DMC task", env_name, sorted(tasks))
+    domain, task = tasks[env_name]
+    return DMCEnv(domain, task, seed, image_size)
+
+
+def make_env(
+    env_name: str,
+    seed: int,
+    training: bool,
+    image_size: int = 64,
+    *,
+    repeat_action_probability: float = STICKY_ACTION_PROBABILITY,
+) -> gymnasium.Env:
+    """One training (training=True) or evaluation env; see the module docstring.
+
+    repeat_action_probability applies to Atari only (tests turn sticky actions off).
+    """
+    _check_int("seed", seed, 0)
+    _check_int("image_size", image_size, 1)
+    if isinstance(env_name, str) and env_name.startswith("ALE/"):
+        env = _make_atari(env_name, seed, training, image_size, repeat_action_probability)
+    elif is_dmc(env_name):
+        env = _make_dmc(env_name, seed, image_size)
+    else:
+        raise ValueError(
+            f"unknown environment {env_name!r}: expected 'ALE/<Game>-v5' (Atari, e.g. "
+            "'ALE/Boxing-v5') or 'dmc/<domain>_<task>' (DeepMind Control, e.g. "
+            "'dmc/cartpole_balance')"
+        )
+    env.action_space.seed(int(seed))
+    # Applied on top of the action repeat so the statistics count agent steps and
+    # include the final step's reward.
+    return gymnasium.wrappers.RecordEpisodeStatistics(env)
+
+
+def make_vector_env(
+    env_name: str,
+    num_envs: int,
+    seed: int,
+    training: bool,
+    image_size: int = 64,
+    asynchronous: bool = False,
+) -> gymnasium.vector.VectorEnv:
+    """num_envs envs, env i seeded with seed + i, reset in the step that ends them."""
+    _check_int("num_envs", num_envs, 1)
+    _check_int("seed", seed, 0)
+    env_fns = [
+        functools.partial(make_env, env_name, seed + i, training, image_size)
+        for i in range(num_envs)
+    ]
+    vector_env_class = (
+        gymnasium.vector.AsyncVectorEnv if asynchronous else gymnasium.vector.SyncVectorEnv
+    )
+    return vector_env_class(env_fns, autoreset_mode=gymnasium.vector.AutoresetMode.SAME_STEP)

@@ -1,0 +1,90 @@
+"""Dynamics prior heads p(z_{t+1} | h_t) behind one interface.
+
+The world model never branches on which prior it drives: it asks a prior for
+  * `kl_terms(...)` during training: the dynamics and representation KL per step, the
+    prior's logits and which tokens the KL counted, and
+  * `sample(h)` during imagination and acting: a one-hot z_{t+1} ~ p(. | h_t).
+
+STORM's prior is a single linear layer (MLPPrior, here). GIT-STORM's is a MaskGIT head
+with draft-and-revise sampling (sub_models/maskgit/). `build_prior` picks one from
+`Models.WorldModel.Prior`.
+"""
+import abc
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from sub_models.functions_losses import categorical_kl, unimix_logits
+
+
+class PriorKL(NamedTuple):
+    dynamics_kl: torch.Tensor        # (B, T)  sum over counted tokens of KL[sg(q) || p]
+    representation_kl: torch.Tensor  # (B, T)  sum over counted tokens of KL[q || sg(p)]
+    prior_logits: torch.Tensor       # (B, T, K, C) log-probabilities of the prior
+    token_mask: torch.Tensor         # (B, T, K) 1.0 where the token entered the KL
+
+
+def kl_pair(posterior_logits: torch.Tensor, prior_logits: torch.Tensor, token_mask: torch.Tensor):
+    """Dynamics and representation KL per step, summed over the tokens selected by token_mask.
+
+    Both compare the same two distributions; they differ only in where gradients stop:
+    the dynamics loss trains the prior toward a fixed posterior, the representation
+    loss pulls the posterior (encoder) toward a fixed prior.
+    """
+    dynamics = categorical_kl(posterior_logits.detach(), prior_logits)
+    representation = categorical_kl(posterior_logits, prior_logits.detach())
+    return (dynamics * token_mask).sum(-1), (representation * token_mask).sum(-1)
+
+
+class PriorHead(nn.Module, metaclass=abc.ABCMeta):
+    """Interface of every prior head. Shapes: K categorical variables with C classes each."""
+
+    @abc.abstractmethod
+    def kl_terms(self, h: torch.Tensor, z_current: torch.Tensor, z_next: torch.Tensor,
+                 posterior_logits_next: torch.Tensor) -> PriorKL:
+        """h (B,T,D) hidden states after step t; z_current, z_next (B,T,K,C) one-hot posterior
+        samples of z_t and z_{t+1}; posterior_logits_next (B,T,K,C) log-probs of q(z_{t+1}|o_{t+1})."""
+
+    @abc.abstractmethod
+    def sample(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """h (N, D) -> (one-hot z_{t+1} (N, K, C), the log-probs it was drawn from (N, K, C))."""
+
+
+class MLPPrior(PriorHead):
+    """STORM's prior: Linear(D -> K*C) logits with unimix, every token predicted at once."""
+
+    def __init__(self, hidden_dim: int, num_variables: int, num_classes: int, unimix: float):
+        super().__init__()
+        self.num_variables, self.num_classes, self.unimix = num_variables, num_classes, unimix
+        self.head = nn.Linear(hidden_dim, num_variables * num_classes)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        raw = self.head(h).unflatten(-1, (self.num_variables, self.num_classes))
+        return unimix_logits(raw.float(), self.unimix)
+
+    def kl_terms(self, h, z_current, z_next, posterior_logits_next) -> PriorKL:
+        prior_logits = self.logits(h)
+        token_mask = torch.ones(prior_logits.shape[:-1], device=h.device)
+        dynamics, representation = kl_pair(posterior_logits_next, prior_logits, token_mask)
+        return PriorKL(dynamics, representation, prior_logits, token_mask)
+
+    def sample(self, h):
+        logits = self.logits(h)
+        index = torch.distributions.Categorical(logits=logits).sample()
+        return F.one_hot(index, self.num_classes).to(h.dtype), logits
+
+
+def build_prior(world_model_cfg, maskgit_cfg) -> PriorHead:
+    kind = world_model_cfg.Prior
+    common = dict(hidden_dim=world_model_cfg.TransformerHiddenDim,
+                  num_variables=world_model_cfg.CategoricalDim,
+                  num_classes=world_model_cfg.ClassDim,
+                  unimix=world_model_cfg.Unimix)
+    if kind == "mlp":
+        return MLPPrior(**common)
+    if kind == "maskgit":
+        from sub_models.maskgit import MaskGitPrior
+        return MaskGitPrior(**common, cfg=maskgit_cfg)
+    raise ValueError(f"Models.WorldModel.Prior={kind!r}: expected 'mlp' (STORM) or 'maskgit' (GIT-STORM)")

@@ -1,0 +1,234 @@
+"""Atari side of env_wrapper, checked against the raw ALE env stepped by hand."""
+
+import ale_py
+import cv2
+import gymnasium
+import numpy as np
+import pytest
+
+import env_wrapper
+from env_wrapper import ATARI_100K_GAMES, make_env, make_vector_env
+
+gymnasium.register_envs(ale_py)
+
+
+def random_actions(num_actions, length, seed=0):
+    return np.random.default_rng(seed).integers(num_actions, size=length)
+
+
+def rollout(env, actions):
+    """Observations and infos of env along the given actions (reset not included)."""
+    observations, infos = [], []
+    for action in actions:
+        obs, _, terminated, truncated, info = env.step(action)
+        observations.append(obs)
+        infos.append(info)
+        if terminated or truncated:
+            break
+    return np.stack(observations), infos
+
+
+def test_constants():
+    registered = {env_id for env_id in gymnasium.registry if env_id.startswith("ALE/")}
+    assert len(ATARI_100K_GAMES) == len(set(ATARI_100K_GAMES)) == 26
+    assert all(f"ALE/{game}-v5" in registered for game in ATARI_100K_GAMES)
+    assert env_wrapper.is_dmc("dmc/cartpole_balance")
+    assert not env_wrapper.is_dmc("ALE/Boxing-v5")
+
+
+def test_single_env_shapes_and_types():
+    env = make_env("ALE/Boxing-v5", seed=0, training=True)
+    assert env.observation_space == gymnasium.spaces.Box(0, 255, (64, 64, 3), np.uint8)
+    obs, info = env.reset()
+    assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8
+    assert info["life_loss"] is False
+    obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+    assert obs.shape == (64, 64, 3) and obs.dtype == np.uint8
+    assert type(reward) is float
+    assert type(info["life_loss"]) is bool
+    assert terminated is False and truncated is False
+    env.close()
+
+
+def test_image_size_and_other_valid_games():
+    # Any ALE game is accepted, not only the 26 of Atari 100k.
+    env = make_env("ALE/SpaceInvaders-v5", seed=0, training=False, image_size=32)
+    obs, _ = env.reset()
+    assert obs.shape == (32, 32, 3)
+    env.close()
+
+
+def test_frameskip_max_pool_and_reward_sum_match_raw_ale():
+    raw = gymnasium.make("ALE/Breakout-v5", frameskip=1, repeat_action_probability=0.0,
+                         full_action_space=False)
+    env = make_env("ALE/Breakout-v5", seed=3, training=True, repeat_action_probability=0.0)
+    raw_frame, _ = raw.reset(seed=3)
+    obs, _ = env.reset()
+    assert np.array_equal(obs, cv2.resize(raw_frame, (64, 64), interpolation=cv2.INTER_AREA))
+
+    total_reward, pooling_mattered = 0.0, False
+    for action in random_actions(4, 300, seed=1):
+        # An episode may end after fewer than 4 frames; the frame before them then
+        # is the last one of the previous step.
+        frames, raw_reward = [raw_frame], 0.0
+        for _ in range(4):
+            raw_frame, reward, raw_terminated, _, _ = raw.step(action)
+            frames.append(raw_frame)
+            raw_reward += reward
+            if raw_terminated:
+                break
+        expected_frame = np.maximum(frames[-2], frames[-1])
+        pooling_mattered |= not np.array_equal(expected_frame, frames[-1])
+        expected = cv2.resize(expected_frame, (64, 64), interpolation=cv2.INTER_AREA)
+
+        obs, reward, terminated, _, _ = env.step(action)
+        assert np.array_equal(obs, expected)
+        assert reward == raw_reward
+        total_reward += reward
+        if raw_terminated or terminated:
+            assert raw_terminated and terminated
+            break
+    # Otherwise the test would not tell a dropped reward or a missing max apart.
+    assert total_reward > 0 and pooling_mattered
+    raw.close()
+    env.close()
+
+
+def test_life_loss_in_training_env_continues_the_episode():
+    env = make_env("ALE/Breakout-v5", seed=0, training=True)
+    _, info = env.reset()
+    lives, losses = info["lives"], 0
+    for action in random_actions(4, 2000):
+        _, _, terminated, truncated, info = env.step(action)
+        assert info["life_loss"] == (info["lives"] < lives)
+        losses += info["life_loss"]
+        lives = info["lives"]
+        if losses == 2:
+            break
+        assert not (terminated or truncated)
+    # Two lives lost with the episode still running: life loss does not end it.
+    assert losses == 2 and not (terminated or truncated) and lives == 3
+    env.close()
+
+
+def test_evaluation_env_runs_to_game_over_without_life_loss():
+    env = make_env("ALE/Breakout-v5", seed=0, training=False)
+    _, info = env.reset()
+    lives = [info["lives"]]
+    for action in random_actions(4, 5000):
+        _, _, terminated, truncated, info = env.step(action)
+        assert info["life_loss"] is False
+        lives.append(info["lives"])
+        if terminated or truncated:
+            break
+    assert terminated and lives[0] == 5 and lives[-1] == 0
+    env.close()
+
+
+def test_episode_return_counts_every_raw_reward_including_the_last():
+    # A Pong game is lost on its last point, so the final step's reward is -1.
+    actions = random_actions(6, 5000, seed=2)
+    raw = gymnasium.make("ALE/Pong-v5", frameskip=1, repeat_action_probability=0.0,
+                         full_action_space=False)
+    raw.reset(seed=0)
+    raw_return, raw_frames = 0.0, 0
+    for action in actions:
+        for _ in range(4):
+            _, reward, terminated, truncated, _ = raw.step(action)
+            raw_return += reward
+            raw_frames += 1
+            if terminated or truncated:
+                break
+        if terminated or truncated:
+            break
+    assert terminated
+
+    env = make_env("ALE/Pong-v5", seed=0, training=True, repeat_action_probability=0.0)
+    env.reset()
+    step_rewards = []
+    for action in actions:
+        _, reward, terminated, truncated, info = env.step(action)
+        step_rewards.append(reward)
+        if terminated or truncated:
+            break
+    assert terminated and step_rewards[-1] == -1.0
+    assert sum(step_rewards) == raw_return == info["episode"]["r"]
+    assert info["episode"]["l"] == len(step_rewards) == -(-raw_frames // 4)
+    raw.close()
+    env.close()
+
+
+def test_seeding_once():
+    actions = random_actions(4, 60)
+
+    def first_episode(seed):
+        env = make_env("ALE/Breakout-v5", seed=seed, training=True)
+        env.reset()
+        return rollout(env, actions)[0], env
+
+    run_a, env = first_episode(0)
+    run_b, _ = first_episode(0)
+    run_c, _ = first_episode(1)
+    assert np.array_equal(run_a, run_b)
+    # Sticky actions draw from the seeded generator, so another seed moves differently.
+    assert not np.array_equal(run_a, run_c)
+    # A second episode of the same env must not replay the first (no reseeding).
+    env.reset()
+    assert not np.array_equal(run_a, rollout(env, actions)[0])
+    # An explicit seed does reseed.
+    env.reset(seed=0)
+    assert np.array_equal(run_a, rollout(env, actions)[0])
+
+
+def test_unknown_names_raise_with_suggestions():
+    with pytest.raises(ValueError, match="ALE/Boxing-v5"):
+        make_env("ALE/Boxng-v5", seed=0, training=True)
+    with pytest.raises(ValueError, match="ALE/Boxing-v5"):
+        make_env("ALE/Boxing-v4", seed=0, training=True)
+    with pytest.raises(ValueError, match="expected 'ALE/<Game>-v5'.*'dmc/<domain>_<task>'"):
+        make_env("Boxing", seed=0, training=True)
+    with pytest.raises(ValueError, match="image_size must be an integer >= 1, got 0"):
+        make_env("ALE/Boxing-v5", seed=0, training=True, image_size=0)
+    with pytest.raises(ValueError, match="num_envs must be an integer >= 1, got 0"):
+        make_vector_env("ALE/Boxing-v5", num_envs=0, seed=0, training=True)
+
+
+def test_vector_env_shapes_seeds_and_episode_statistics():
+    num_envs = 3
+    envs = make_vector_env("ALE/Breakout-v5", num_envs, seed=5, training=False)
+    obs, info = envs.reset()
+    assert obs.shape == (num_envs, 64, 64, 3) and obs.dtype == np.uint8
+    assert info["life_loss"].dtype == bool and info["life_loss"].shape == (num_envs,)
+
+    # Env i behaves like a single env seeded with 5 + i.
+    actions = random_actions(4, 40)
+    reference = make_env("ALE/Breakout-v5", seed=6, training=False)
+    reference.reset()
+    expected = rollout(reference, actions)[0]
+    for t, action in enumerate(actions):
+        obs, reward, terminated, truncated, info = envs.step(np.full(num_envs, action))
+        assert np.array_equal(obs[1], expected[t])
+    assert reward.shape == terminated.shape == truncated.shape == (num_envs,)
+    assert info["life_loss"].dtype == bool and info["life_loss"].shape == (num_envs,)
+
+    # Play until every env has finished one episode; check the returned statistics.
+    returns = np.zeros(num_envs)
+    finished = np.zeros(num_envs, dtype=bool)
+    envs.reset()
+    rng = np.random.default_rng(0)
+    for _ in range(5000):
+        obs, reward, terminated, truncated, info = envs.step(rng.integers(4, size=num_envs))
+        returns += np.where(finished, 0.0, reward)
+        done = terminated | truncated
+        for i in np.flatnonzero(done & ~finished):
+            final_info = info["final_info"]
+            assert final_info["_episode"][i]
+            assert final_info["episode"]["r"][i] == returns[i]
+            assert info["final_obs"][i].shape == (64, 64, 3)
+            # Same-step autoreset: the returned obs already starts the next episode.
+            assert info["lives"][i] == 5 and final_info["lives"][i] == 0
+        finished |= done
+        if finished.all():
+            break
+    assert finished.all()
+    envs.close()

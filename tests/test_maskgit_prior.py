@@ -1,0 +1,285 @@
+"""MaskGIT prior (GIT-STORM): mask schedule, masked KL, partitions, draft-and-revise passes."""
+import math
+import types
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sub_models.maskgit import MaskGitPrior, mask_count, random_partition_masks, random_subset_masks
+
+
+def make_cfg(**overrides):
+    cfg = dict(EmbeddingDim=16, NumLayers=1, NumHeads=2, FeedForwardDim=32, Dropout=0.0,
+               MaskSchedule="cosine", MinMaskRatio=1.0e-6, DraftRounds=1, ReviseRounds=1,
+               ReviseRepetitions=1, Temperature=1.0, TrainTarget="current", DotProductLogits=True)
+    cfg.update(overrides)
+    return types.SimpleNamespace(**cfg)
+
+
+def make_prior(hidden_dim=16, num_variables=8, num_classes=5, unimix=0.01, **overrides):
+    return MaskGitPrior(hidden_dim=hidden_dim, num_variables=num_variables, num_classes=num_classes,
+                        unimix=unimix, cfg=make_cfg(**overrides))
+
+
+def one_hot(index, num_classes):
+    return F.one_hot(index, num_classes).float()
+
+
+def record_input_tokens(prior):
+    """Spy on the token ids fed to the input embedding; one entry per transformer pass."""
+    seen = []
+    prior.token_embedding.register_forward_hook(lambda module, args, out: seen.append(args[0].clone()))
+    return seen
+
+
+def test_mask_count_worked_numbers():
+    r = torch.tensor([0.0, 1.0, 0.5, 1.0 / 3.0])
+    # cos(0)=1 -> 32; cos(pi/2)=0 -> clamp 1e-6 -> floor 0 -> at least 1; cos(pi/4)*32=22.6; cos(pi/6)*32=27.7
+    assert mask_count(r, 32, "cosine", 1.0e-6).tolist() == [32, 1, 22, 27]
+    # linear: 1 - r
+    assert mask_count(torch.tensor([0.0, 0.25, 0.5, 1.0]), 32, "linear", 1.0e-6).tolist() == [32, 24, 16, 1]
+    with pytest.raises(ValueError, match="square"):
+        mask_count(r, 32, "square", 1.0e-6)
+
+
+def test_random_subset_masks_exact_counts():
+    counts = torch.tensor([1, 3, 8, 5, 2])
+    masks = random_subset_masks(counts, 8)
+    assert masks.shape == (5, 8) and masks.dtype == torch.bool
+    assert masks.sum(-1).tolist() == counts.tolist()
+
+
+@pytest.mark.parametrize("num_chunks, sizes", [(1, [8]), (3, [3, 3, 2]), (4, [2, 2, 2, 2]), (8, [1] * 8)])
+def test_random_partition_masks_disjoint_cover_balanced(num_chunks, sizes):
+    torch.manual_seed(0)
+    masks = random_partition_masks(50, 8, num_chunks, torch.device("cpu"))
+    assert masks.shape == (num_chunks, 50, 8) and masks.dtype == torch.bool
+    assert (masks.sum(0) == 1).all()  # every position in exactly one chunk: disjoint and covering
+    assert (masks.sum(-1) == torch.tensor(sizes).unsqueeze(-1)).all()
+    if 1 < num_chunks:  # independent partitions per row
+        assert not (masks == masks[:, :1]).all()
+
+
+def test_draft_fills_each_position_once_and_each_revise_resamples_each_once():
+    torch.manual_seed(0)
+    K, C, T_draft, T_revise, M = 8, 5, 3, 2, 2
+    prior = make_prior(num_variables=K, num_classes=C, DraftRounds=T_draft, ReviseRounds=T_revise,
+                       ReviseRepetitions=M)
+    seen = record_input_tokens(prior)
+    z, _ = prior.sample(torch.randn(6, 16))
+    assert len(seen) == T_draft + M * T_revise == 7
+    masked = torch.stack(seen) == C  # (passes, N, K)
+
+    # draft: pass i sees chunks i.. still masked, so chunk i = masked_i minus masked_{i+1}
+    draft = masked[:T_draft]
+    assert draft[0].all()
+    filled = torch.cat([draft[:-1] & ~draft[1:], draft[-1:]])  # (T_draft, N, K)
+    assert (filled.sum(0) == 1).all()
+    assert (filled.sum(-1).sort(0, descending=True).values == torch.tensor([3, 3, 2]).unsqueeze(-1)).all()
+
+    # revise: every pass re-masks exactly one chunk; each repetition's chunks partition K
+    revise = masked[T_draft:].unflatten(0, (M, T_revise))  # (M, T_revise, N, K)
+    assert (revise.sum(1) == 1).all()
+    assert (revise.sum(-1) == K // T_revise).all()
+
+    # the last pass resampled its chunk; the rest of the final z is what that pass was shown
+    keep = ~masked[-1]
+    assert (z.argmax(-1)[keep] == seen[-1][keep]).all()
+
+
+def test_kl_counts_only_masked_tokens_with_schedule_counts():
+    B, T, K, C = 2, 3, 8, 5
+    torch.manual_seed(1)
+    prior = make_prior(num_variables=K, num_classes=C)
+    h = torch.randn(B, T, 16)
+    z_current = one_hot(torch.randint(0, C, (B, T, K)), C)
+    z_next = one_hot(torch.randint(0, C, (B, T, K)), C)
+    posterior = torch.log_softmax(3.0 * torch.randn(B, T, K, C), -1)
+
+    torch.manual_seed(123)
+    out = prior.kl_terms(h, z_current, z_next, posterior)
+    torch.manual_seed(123)
+    r = torch.rand(B * T)  # the schedule draw kl_terms made first
+    expected_n = torch.clamp(torch.floor(torch.cos(math.pi * r / 2).clamp(1e-6, 1) * K), min=1)
+    assert out.token_mask.sum(-1).flatten().tolist() == expected_n.tolist()
+
+    # the prior is the head run on z_current with exactly the reported positions masked
+    tokens = z_current.argmax(-1).masked_fill(out.token_mask.bool(), C)
+    recomputed = prior.log_probs(h.flatten(0, 1), tokens.flatten(0, 1)).unflatten(0, (B, T))
+    torch.testing.assert_close(out.prior_logits, recomputed)
+
+    kl_per_token = (posterior.exp() * (posterior - out.prior_logits)).sum(-1)  # (B, T, K)
+    by_hand = (kl_per_token * out.token_mask).sum(-1)  # summed over masked tokens, not renormalised
+    torch.testing.assert_close(out.dynamics_kl, by_hand)
+    torch.testing.assert_close(out.representation_kl, by_hand)
+    assert out.token_mask.shape == (B, T, K) and out.dynamics_kl.shape == (B, T)
+
+
+def test_kl_with_hand_built_mask_ignores_unmasked_tokens():
+    B, T, K, C = 1, 2, 4, 3
+    torch.manual_seed(2)
+    prior = make_prior(num_variables=K, num_classes=C)
+    mask = torch.tensor([[True, False, False, True], [False, False, True, False]])
+    prior.training_mask = lambda num_samples, device: mask
+    h = torch.randn(B, T, 16)
+    z = one_hot(torch.randint(0, C, (B, T, K)), C)
+    posterior = torch.log_softmax(torch.randn(B, T, K, C), -1)
+    out = prior.kl_terms(h, z, z, posterior)
+    # changing the posterior on unmasked tokens must not change the KL
+    wild = posterior.clone()
+    wild[~mask.view(B, T, K)] = torch.log_softmax(torch.tensor([20.0, -20.0, 0.0]), -1)
+    out_wild = prior.kl_terms(h, z, z, wild)
+    torch.testing.assert_close(out.dynamics_kl, out_wild.dynamics_kl)
+    p, q = out.prior_logits[0], posterior[0]
+    kl = (q.exp() * (q - p)).sum(-1)  # (T, K)
+    torch.testing.assert_close(out.dynamics_kl[0], torch.stack([kl[0, 0] + kl[0, 3], kl[1, 2]]))
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_weight_tying_output_path(tied):
+    torch.manual_seed(3)
+    K, C = 4, 5
+    prior = make_prior(num_variables=K, num_classes=C, DotProductLogits=tied).eval()
+    h = torch.randn(3, 16)
+    all_mask = torch.full((3, K), C)  # the input reads only the [MASK] row
+    before = prior.log_probs(h, all_mask)
+    with torch.no_grad():
+        # random, not constant: xi leaves a LayerNorm (zero mean), blind to a constant shift
+        prior.token_embedding.weight[1] += torch.randn(16)
+    after = prior.log_probs(h, all_mask)
+    if tied:
+        assert (before - after).abs().max() > 1e-3
+    else:
+        assert torch.equal(before, after)
+
+
+@pytest.mark.parametrize("target", ["current", "next"])
+def test_train_target_chooses_input_tokens(target):
+    B, T, K, C = 2, 2, 8, 5
+    torch.manual_seed(4)
+    prior = make_prior(num_variables=K, num_classes=C, TrainTarget=target)
+    ids_current = torch.randint(0, C, (B, T, K))
+    ids_next = (ids_current + 1) % C  # differs everywhere
+    seen = record_input_tokens(prior)
+    out = prior.kl_terms(torch.randn(B, T, 16), one_hot(ids_current, C), one_hot(ids_next, C),
+                         torch.log_softmax(torch.randn(B, T, K, C), -1))
+    shown = seen[0].unflatten(0, (B, T))
+    masked = out.token_mask.bool()
+    assert (shown[masked] == C).all()
+    expected = ids_current if target == "current" else ids_next
+    assert torch.equal(shown[~masked], expected[~masked])
+
+
+def test_sample_one_hot_deterministic_and_cold_is_argmax():
+    K, C = 8, 5
+    torch.manual_seed(5)
+    prior = make_prior(num_variables=K, num_classes=C, DraftRounds=2, ReviseRounds=2)
+    h = torch.randn(10, 16)
+    torch.manual_seed(6)
+    z, log_probs = prior.sample(h)
+    assert z.shape == log_probs.shape == (10, K, C)
+    assert ((z == 0) | (z == 1)).all() and (z.sum(-1) == 1).all()
+    torch.manual_seed(6)
+    z_again, log_probs_again = prior.sample(h)
+    assert torch.equal(z, z_again) and torch.equal(log_probs, log_probs_again)
+
+    prior.temperature = 1.0e-6
+    z_cold, log_probs_cold = prior.sample(h)
+    # each position's log-probs are those it was drawn from, so a cold draw is their argmax
+    assert torch.equal(z_cold.argmax(-1), log_probs_cold.argmax(-1))
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_single_pass_samples_follow_tempered_distribution(temperature):
+    K, C, N = 4, 4, 20000
+    torch.manual_seed(7)
+    prior = make_prior(num_variables=K, num_classes=C, unimix=0.0, ReviseRepetitions=0, Temperature=temperature)
+    with torch.no_grad():
+        prior.token_embedding.weight.mul_(50.0)  # spread the logits so temperature matters
+        z, log_probs = prior.sample(torch.randn(1, 16).expand(N, 16))
+    expected = torch.softmax(log_probs[0] / temperature, -1)  # (K, C); one pass, same h for all rows
+    assert (expected.max() - expected.min()) > 0.2
+    torch.testing.assert_close(z.mean(0), expected, atol=0.02, rtol=0)
+
+
+def test_unimix_floor_on_prior_probs():
+    K, C, unimix = 4, 5, 0.01
+    torch.manual_seed(8)
+    prior = make_prior(num_variables=K, num_classes=C, unimix=unimix)
+    with torch.no_grad():
+        prior.token_embedding.weight.mul_(1000.0)  # near-deterministic raw logits
+    _, log_probs = prior.sample(torch.randn(6, 16))
+    out = prior.kl_terms(torch.randn(2, 3, 16), one_hot(torch.randint(0, C, (2, 3, K)), C),
+                         one_hot(torch.randint(0, C, (2, 3, K)), C), torch.log_softmax(torch.randn(2, 3, K, C), -1))
+    floor = unimix / C * (1 - 1e-4)
+    assert log_probs.exp().min() >= floor and out.prior_logits.exp().min() >= floor
+    assert log_probs.exp().max() > 0.9  # the floor is reached, not just trivially satisfied
+
+
+def test_config_errors_name_the_values():
+    with pytest.raises(ValueError, match=r"hidden_dim=30.*num_variables=8"):
+        make_prior(hidden_dim=30, num_variables=8)
+    with pytest.raises(ValueError, match="'previous'"):
+        make_prior(TrainTarget="previous")
+    with pytest.raises(ValueError, match="'square'"):
+        make_prior(MaskSchedule="square")
+
+
+def test_gradients_reach_h_and_token_embeddings():
+    B, T, K, C = 2, 2, 4, 5
+    torch.manual_seed(9)
+    prior = make_prior(num_variables=K, num_classes=C)
+    h = torch.randn(B, T, 16, requires_grad=True)
+    posterior = torch.log_softmax(torch.randn(B, T, K, C), -1).requires_grad_()
+    z = one_hot(torch.randint(0, C, (B, T, K)), C)
+    out = prior.kl_terms(h, z, z, posterior)
+    (out.dynamics_kl + out.representation_kl).mean().backward()
+    assert h.grad.abs().sum() > 0
+    grad = prior.token_embedding.weight.grad
+    assert (grad[:C].abs().sum(-1) > 0).all()  # every real row, through the tied output
+    assert grad[C].abs().sum() > 0  # the [MASK] row, through the input
+    assert posterior.grad.abs().sum() > 0  # the representation KL reaches the posterior
+
+
+def test_no_host_syncs_in_sampling_or_training():
+    # meta tensors have no data: any .item()/.cpu()/data-dependent shape would raise here
+    prior = make_prior(DraftRounds=2, ReviseRounds=2, ReviseRepetitions=2).to("meta")
+    z, _ = prior.sample(torch.empty(3, 16, device="meta"))
+    z_seq = torch.empty(2, 3, 8, 5, device="meta")
+    out = prior.kl_terms(torch.empty(2, 3, 16, device="meta"), z_seq, z_seq, z_seq)
+    assert z.shape == (3, 8, 5) and out.dynamics_kl.shape == (2, 3)
+
+
+@pytest.mark.parametrize("target", ["current", "next"])
+def test_overfits_deterministic_mapping(target):
+    K, C, D, num_states = 4, 4, 16, 8
+    torch.manual_seed(10)
+    prior = make_prior(hidden_dim=D, num_variables=K, num_classes=C, EmbeddingDim=32, NumHeads=4,
+                       FeedForwardDim=64, NumLayers=2, TrainTarget=target)
+    h = torch.randn(num_states, 1, D)
+    targets = torch.randint(0, C, (num_states, 1, K))
+    z_next = one_hot(targets, C)
+    posterior = torch.log(0.99 * z_next + 0.01 / C)
+
+    def eval_kl():
+        torch.manual_seed(11)  # same masks before and after training
+        with torch.no_grad():
+            return prior.kl_terms(h, one_hot(torch.randint(0, C, targets.shape), C), z_next, posterior).dynamics_kl.mean()
+
+    initial = eval_kl()
+    optimizer = torch.optim.Adam(prior.parameters(), lr=3e-3)
+    for _ in range(200):
+        # z_t unrelated to z_{t+1}: the head has to read the mapping from h
+        z_current = one_hot(torch.randint(0, C, targets.shape), C)
+        loss = prior.kl_terms(h, z_current, z_next, posterior).dynamics_kl.mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    final = eval_kl()
+    assert final < initial / 10
+
+    with torch.no_grad():
+        z, _ = prior.sample(h[:, 0].repeat(25, 1))
+    exact = (z.argmax(-1) == targets[:, 0].repeat(25, 1)).all(-1).float().mean()
+    assert exact > 0.8

@@ -1,0 +1,304 @@
+"""Train STORM or GIT-STORM: collect real steps, and after the warm-up, per env step one
+world-model update and one agent update in imagination (paper table 8).
+
+    python train.py BasicSettings.env_name=ALE/Boxing-v5                                   # STORM
+    python train.py BasicSettings.config_path=config_files/GITSTORM.yaml BasicSettings.env_name=ALE/Boxing-v5
+    python train.py --config-name GITSTORM +preset=cpu                                     # quick CPU run
+
+Outputs: TensorBoard events in runs/<n>/, checkpoints in saved_models/<n>/. Re-running the
+same command resumes from the latest checkpoint (BasicSettings.Resume=fresh starts over).
+"""
+import math
+import shutil
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from config import default_run_name, load_config
+from env_wrapper import make_vector_env
+from replay_buffer import ReplayBuffer
+from utils import (action_spec, atomic_torch_save, build_models, load_checkpoint_file, rng_state,
+                   seed_everything, select_device, set_rng_state, use_bf16)
+
+CHECKPOINT_GLOB = "checkpoint_*.pt"
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class RunDirectories:
+    """runs/<n>/ for TensorBoard, saved_models/<n>/ for checkpoints, weights and the buffer."""
+
+    def __init__(self, cfg):
+        self.name = cfg.BasicSettings.n
+        self.logs = Path(cfg.BasicSettings.RunsDir) / self.name
+        self.checkpoints = Path(cfg.BasicSettings.CheckpointDir) / self.name
+
+    def latest_checkpoint(self) -> Path | None:
+        found = sorted(self.checkpoints.glob(CHECKPOINT_GLOB), key=lambda p: int(p.stem.split("_")[-1]))
+        return found[-1] if found else None
+
+    def move_aside(self) -> None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for folder in (self.logs, self.checkpoints):
+            if folder.exists():
+                target = folder.with_name(f"{folder.name}.old-{stamp}")
+                folder.rename(target)
+                print(f"Moved {folder} to {target} (BasicSettings.Resume=fresh)")
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig):
+        self.cfg, train = cfg, cfg.JointTrainAgent
+        self.dirs = RunDirectories(cfg)
+        self.device = select_device(cfg.BasicSettings.Device)
+        self.bf16 = use_bf16(cfg.BasicSettings.MixedPrecision, self.device)
+        seed_everything(cfg.BasicSettings.Seed)
+
+        self.num_envs = train.NumEnvs
+        probe = make_vector_env(cfg.BasicSettings.env_name, 1, cfg.BasicSettings.Seed, training=True,
+                                image_size=cfg.BasicSettings.ImageSize)
+        self.action_space = probe.single_action_space
+        probe.close()
+        self.action_dim, self.discrete = action_spec(self.action_space)
+        self.world_model, self.agent = build_models(cfg, self.action_dim, self.discrete, self.device, self.bf16)
+        on_device = train.BufferOnDevice and self.device.type == "cuda"
+        image = (cfg.BasicSettings.ImageSize, cfg.BasicSettings.ImageSize, 3)
+        self.buffer = ReplayBuffer(image, () if self.discrete else (self.action_dim,),
+                                   torch.long if self.discrete else torch.float32, self.num_envs,
+                                   train.BufferMaxLength, train.BufferWarmUp, self.device, on_device)
+        self.step = 0                 # env steps summed over envs
+        self.episodes = 0
+        self.non_finite_in_a_row = 0
+        self.last_return = float("nan")
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self) -> dict:
+        return {
+            "step": self.step, "episodes": self.episodes, "last_return": self.last_return,
+            "world_model": self.world_model.state_dict(), "world_model_optimizer": self.world_model.optimizer.state_dict(),
+            "agent": self.agent.state_dict(), "agent_optimizer": self.agent.optimizer.state_dict(),
+            "rng": rng_state(), "config": OmegaConf.to_container(self.cfg, resolve=True),
+        }
+
+    def save(self) -> None:
+        """Buffer first, then the checkpoint that names it: a kill between the two leaves the
+        previous checkpoint and its own buffer file intact."""
+        folder, step = self.dirs.checkpoints, self.step
+        self.buffer.save(folder / f"replay_buffer_{step}.pt")
+        weights = {"step": step, "world_model": self.world_model.state_dict(), "agent": self.agent.state_dict(),
+                   "config": OmegaConf.to_container(self.cfg, resolve=True),
+                   "action_dim": self.action_dim, "discrete": self.discrete}
+        atomic_torch_save(weights, folder / f"weights_{step}.pt")
+        atomic_torch_save(self.state() | {"replay_buffer": f"replay_buffer_{step}.pt"}, folder / f"checkpoint_{step}.pt")
+        kept = sorted(folder.glob(CHECKPOINT_GLOB), key=lambda p: int(p.stem.split("_")[-1]))
+        for old in kept[:-self.cfg.JointTrainAgent.KeepCheckpoints]:
+            old.unlink()
+        # Only the newest checkpoint keeps its buffer (a full one is ~1.2 GB); resuming always
+        # starts from the newest, and weights_<step>.pt of every save stay for eval.py.
+        for buffer_file in folder.glob("replay_buffer_*.pt"):
+            if buffer_file.name != f"replay_buffer_{step}.pt":
+                buffer_file.unlink()
+
+    def restore(self, path: Path) -> None:
+        state = load_checkpoint_file(path)
+        check_same_run_config(state["config"], self.cfg, path)
+        self.world_model.load_state_dict(state["world_model"])
+        self.world_model.optimizer.load_state_dict(state["world_model_optimizer"])
+        self.agent.load_state_dict(state["agent"])
+        self.agent.optimizer.load_state_dict(state["agent_optimizer"])
+        self.buffer.load(path.parent / state["replay_buffer"])
+        if len(self.buffer) != state["step"]:
+            raise RuntimeError(f"{path}: replay buffer holds {len(self.buffer)} steps but the checkpoint is at "
+                               f"step {state['step']}; the run folder is inconsistent")
+        self.step, self.episodes, self.last_return = state["step"], state["episodes"], state["last_return"]
+        set_rng_state(state["rng"])
+
+    # ------------------------------------------------------------------ acting
+    def random_actions(self) -> np.ndarray:
+        return np.stack([self.action_space.sample() for _ in range(self.num_envs)])
+
+    def policy_actions(self, obs_history: torch.Tensor, action_history: torch.Tensor) -> torch.Tensor:
+        """Act on [prior sample of z_{t+1}, h_t] from the last RealityContextLength steps (paper's acting rule)."""
+        latents = self.world_model.encode_sample(obs_history)
+        z_next, h = self.world_model.act_state(latents, action_history)
+        return self.agent.policy(z_next, h)
+
+    # ------------------------------------------------------------------ main loop
+    def run(self) -> None:
+        cfg, train = self.cfg, self.cfg.JointTrainAgent
+        envs = make_vector_env(cfg.BasicSettings.env_name, self.num_envs,
+                               cfg.BasicSettings.Seed + self.step, training=True, image_size=cfg.BasicSettings.ImageSize)
+        writer = SummaryWriter(str(self.dirs.logs), purge_step=self.step if self.step else None)
+        context = train.RealityContextLength
+        obs_history, action_history = deque(maxlen=context), deque(maxlen=context)
+        obs, _ = envs.reset()
+        pending: dict[str, list[torch.Tensor]] = {}
+        last_log_time, last_log_step = time.time(), self.step
+        bar = tqdm(total=train.SampleMaxSteps, initial=self.step, desc=self.dirs.name, unit="step",
+                   dynamic_ncols=True, disable=None)
+        next_save = (self.step // train.SaveEverySteps + 1) * train.SaveEverySteps
+        next_video = (self.step // train.VideoEverySteps + 1) * train.VideoEverySteps if train.VideoEverySteps else math.inf
+        updates = 0
+        try:
+            while self.step < train.SampleMaxSteps:
+                obs_tensor = torch.as_tensor(obs, device=self.device)
+                if self.buffer.ready() and len(obs_history) > 0:
+                    # Like the authors: the current observation joins the history after acting, so
+                    # the policy sees the prior's prediction of it, as it does in imagination.
+                    action = self.policy_actions(torch.stack(list(obs_history), dim=1),
+                                                 torch.stack(list(action_history), dim=1))
+                    env_action = action.cpu().numpy()
+                else:
+                    env_action = self.random_actions()
+                    action = torch.as_tensor(env_action, device=self.device)
+                next_obs, reward, terminated, truncated, info = envs.step(env_action)
+                termination = np.logical_or(terminated, info["life_loss"])
+                self.buffer.append(obs, env_action, reward.astype(np.float32), termination)
+                obs_history.append(obs_tensor)
+                action_history.append(action if self.discrete else action.float())
+                obs = next_obs
+                self.step += self.num_envs
+                bar.update(self.num_envs)
+                self.record_episodes(info, writer)
+
+                if self.buffer.ready():
+                    updates += 1
+                    if updates % train.TrainDynamicsEverySteps == 0:
+                        metrics, finite = self.world_model.update(*self.buffer.sample(train.BatchSize, train.BatchLength))
+                        self.track(metrics, finite, pending)
+                    if updates % train.TrainAgentEverySteps == 0:
+                        context_batch = self.buffer.sample(train.ImagineBatchSize, train.ImagineContextLength)
+                        rollout = self.world_model.imagine(context_batch[0], context_batch[1], self.agent.policy,
+                                                           train.ImagineBatchLength)
+                        metrics, finite = self.agent.update(rollout)
+                        self.track(metrics, finite, pending)
+
+                if self.step - last_log_step >= train.LogEverySteps:
+                    now = time.time()
+                    pending.setdefault("time/env_steps_per_second", []).append(
+                        torch.tensor((self.step - last_log_step) / (now - last_log_time)))
+                    self.flush(pending, writer)
+                    last_log_time, last_log_step = now, self.step
+                    bar.set_postfix(episode_return=f"{self.last_return:.1f}", episodes=self.episodes)
+                if self.step >= next_video and self.buffer.ready():
+                    self.log_video(writer)
+                    next_video += train.VideoEverySteps
+                if self.step >= next_save:
+                    self.save()
+                    next_save += train.SaveEverySteps
+            self.save()
+        finally:
+            bar.close()
+            writer.close()
+            envs.close()
+
+    def record_episodes(self, info: dict, writer: SummaryWriter) -> None:
+        final = info.get("final_info", {})
+        finished = final.get("_episode")
+        if finished is None:
+            return
+        for i in np.flatnonzero(finished):
+            self.episodes += 1
+            self.last_return = float(final["episode"]["r"][i])
+            writer.add_scalar("episode/return", self.last_return, self.step)
+            writer.add_scalar("episode/length", float(final["episode"]["l"][i]), self.step)
+
+    def track(self, metrics: dict, finite: bool, pending: dict) -> None:
+        if finite:
+            self.non_finite_in_a_row = 0
+            for key, value in metrics.items():
+                pending.setdefault(key, []).append(value)
+            return
+        self.non_finite_in_a_row += 1
+        bad = [k for k, v in metrics.items() if not torch.isfinite(v).all()]
+        pending.setdefault("health/skipped_updates", []).append(torch.tensor(1.0))
+        tqdm.write(f"step {self.step}: non-finite {', '.join(bad)}; update skipped")
+        if self.non_finite_in_a_row >= self.cfg.JointTrainAgent.MaxNonFiniteUpdates:
+            raise NonFiniteLossError(f"step {self.step}: {self.non_finite_in_a_row} non-finite updates in a row "
+                                     f"(last: {', '.join(bad)}); stopping. Resume from the last checkpoint in "
+                                     f"{self.dirs.checkpoints} after lowering the learning rate or checking the data.")
+
+    def flush(self, pending: dict, writer: SummaryWriter) -> None:
+        for key, values in pending.items():
+            writer.add_scalar(key, torch.stack([v.float().cpu() for v in values]).mean().item(), self.step)
+        writer.add_scalar("buffer/size", len(self.buffer), self.step)
+        pending.clear()
+
+    @torch.no_grad()
+    def log_video(self, writer: SummaryWriter) -> None:
+        """Imagined rollout (same real actions, open loop) beside the real frames, and reconstructions."""
+        train = self.cfg.JointTrainAgent
+        context, horizon = train.ImagineContextLength, train.ImagineBatchLength
+        obs, actions, _, _ = self.buffer.sample(4, context + horizon)
+        replay = iter(actions[:, context:].unbind(1))
+        rollout = self.world_model.imagine(obs[:, :context], actions[:, :context], lambda z, h: next(replay), horizon)
+        predicted = self.world_model.decode(rollout.latents[:, 1:].unflatten(-1, (self.world_model.num_variables,
+                                                                                   self.world_model.num_classes)))
+        real = obs[:, context:].float() / 255.0
+        side_by_side = torch.cat([real, predicted.float().clamp(0, 1)], dim=3)   # (B, H, 64, 128, 3)
+        writer.add_video("imagination/real_vs_imagined", side_by_side.permute(0, 1, 4, 2, 3).cpu(), self.step, fps=8)
+        latents = self.world_model.encode_sample(obs[:, :context])
+        reconstruction = self.world_model.decode(latents).float().clamp(0, 1)
+        pairs = torch.cat([obs[:, :context].float() / 255.0, reconstruction], dim=2)  # real above reconstruction
+        writer.add_images("reconstruction/real_over_reconstructed", pairs[:, -1].permute(0, 3, 1, 2).cpu(), self.step)
+
+
+def check_same_run_config(saved: dict, cfg: DictConfig, path: Path) -> None:
+    """A checkpoint resumes only under the same model and environment; run length may change."""
+    current = OmegaConf.to_container(cfg, resolve=True)
+    differences = []
+    for section in ("Models",):
+        differences += _diff(saved.get(section, {}), current[section], section)
+    if saved["BasicSettings"]["env_name"] != current["BasicSettings"]["env_name"]:
+        differences.append(f"BasicSettings.env_name: {saved['BasicSettings']['env_name']!r} -> "
+                           f"{current['BasicSettings']['env_name']!r}")
+    if differences:
+        raise ValueError(f"{path} was written with a different configuration:\n  " + "\n  ".join(differences)
+                         + "\nUse the original settings, another BasicSettings.n, or BasicSettings.Resume=fresh.")
+
+
+def _diff(old, new, prefix):
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            out += _diff(old.get(key, "<missing>"), new.get(key, "<missing>"), f"{prefix}.{key}")
+        return out
+    return [] if old == new else [f"{prefix}: {old!r} -> {new!r}"]
+
+
+@hydra.main(config_path="config_files", config_name="STORM", version_base=None)
+def main(raw_cfg: DictConfig) -> None:
+    cfg = load_config(raw_cfg)
+    if cfg.BasicSettings.n is None:
+        cfg.BasicSettings.n = default_run_name(cfg)
+    trainer = Trainer(cfg)
+    latest = trainer.dirs.latest_checkpoint()
+    if latest is not None and cfg.BasicSettings.Resume == "fresh":
+        trainer.dirs.move_aside()
+    elif latest is not None:
+        trainer.restore(latest)
+        print(f"Resuming run {cfg.BasicSettings.n} from step {trainer.step} ({latest}); "
+              "pass BasicSettings.Resume=fresh to start over", flush=True)
+    else:
+        print(f"Starting run {cfg.BasicSettings.n}: {cfg.BasicSettings.env_name}, prior "
+              f"{cfg.Models.WorldModel.Prior}, device {trainer.device}"
+              f"{' (bf16)' if trainer.bf16 else ''}; TensorBoard: {trainer.dirs.logs}", flush=True)
+    if trainer.step >= cfg.JointTrainAgent.SampleMaxSteps:
+        print(f"Run {cfg.BasicSettings.n} already reached {trainer.step} steps "
+              f"(JointTrainAgent.SampleMaxSteps={cfg.JointTrainAgent.SampleMaxSteps}); nothing to do.")
+        return
+    trainer.run()
+
+
+if __name__ == "__main__":
+    main()
