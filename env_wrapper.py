@@ -13,6 +13,9 @@ Environment names
                            "dmc/cartpole_balance", "dmc/cartpole_balance_sparse",
                            "dmc/ball_in_cup_catch" (the paper's "Cup Catch"); the
                            20 of the paper's Table 6: DMC_TASKS.
+    "gym/<module>:<EnvId>" any gymnasium env that importing <module> registers, e.g.
+                           "gym/tests.pixel_games:PixelSide-v0" (the tiny pixel game
+                           of the learning test); see "Other gymnasium envs" below.
 
 Atari (SPEC section 3): ALE v5 with frameskip=1 underneath (sticky actions p=0.25,
 episodes truncated at 108k frames), then action repeat 4 with rewards summed
@@ -28,6 +31,12 @@ action repeat 2 with rewards summed, actions in Box(-1, 1) rescaled to the task'
 bounds. An episode is 1000 physics control steps = 500 agent steps and ends with
 truncated=True (a time limit, not a terminal state). MUJOCO_GL defaults to "egl"
 when no display is set, which also works without a GPU.
+
+Other gymnasium envs ("gym/" family, for tests and small experiments): built by
+gymnasium.make("<module>:<EnvId>"), which imports <module> so that it registers the env.
+Its observation space must already be Box(0, 255, (image_size, image_size, 3), uint8)
+(nothing is resized or repeated); info["life_loss"] is always False, and it gets the
+same seeding rule and episode statistics as the other families.
 
 Seeding: an env built with seed s uses it at its first reset only, so later
 episodes differ from each other while the same seed repeats the same run; env i
@@ -251,6 +260,53 @@ def _make_dmc(env_name, seed, image_size):
     return DMCEnv(domain, task, seed, image_size)
 
 
+# ---------------------------------------------------------------- "gym/<module>:<EnvId>" family
+GYM_PREFIX = "gym/"
+
+
+def is_gym_module_env(env_name: str) -> bool:
+    return isinstance(env_name, str) and env_name.startswith(GYM_PREFIX)
+
+
+class GymModuleEnv(gymnasium.Wrapper):
+    """Seeds at the first reset only and reports info["life_loss"] = False on every step."""
+
+    def __init__(self, env, seed):
+        super().__init__(env)
+        self._first_reset_seed = seed
+
+    def reset(self, *, seed=None, options=None):
+        seed = self._first_reset_seed if seed is None else seed
+        self._first_reset_seed = None
+        obs, info = self.env.reset(seed=seed, options=options)
+        return obs, {**info, "life_loss": False}
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        return obs, reward, terminated, truncated, {**info, "life_loss": False}
+
+
+def _make_gym_module_env(env_name, seed, image_size):
+    spec = env_name[len(GYM_PREFIX):]
+    module, colon, env_id = spec.partition(":")
+    if not colon or not module or not env_id or ":" in env_id:
+        raise ValueError(f"environment {env_name!r}: expected 'gym/<module>:<EnvId>', "
+                         "e.g. 'gym/tests.pixel_games:PixelSide-v0'")
+    try:
+        env = gymnasium.make(spec)
+    except ModuleNotFoundError as error:
+        raise ValueError(f"environment {env_name!r}: cannot import module {module!r} ({error})") from None
+    except gymnasium.error.Error as error:
+        raise ValueError(f"environment {env_name!r}: module {module!r} registers no env {env_id!r} "
+                         f"({error})") from None
+    expected = gymnasium.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
+    if env.observation_space != expected:
+        env.close()
+        raise ValueError(f"environment {env_name!r}: observation space {env.observation_space} is not "
+                         f"{expected} (uint8 RGB images of BasicSettings.ImageSize={image_size})")
+    return GymModuleEnv(env, seed)
+
+
 def make_env(
     env_name: str,
     seed: int,
@@ -261,6 +317,9 @@ def make_env(
 ) -> gymnasium.Env:
     """One training (training=True) or evaluation env; see the module docstring.
 
+    env_name picks the family: "ALE/<Game>-v5", "dmc/<domain>_<task>", or
+    "gym/<module>:<EnvId>" (a gymnasium env registered by importing <module>, whose
+    observations must already be (image_size, image_size, 3) uint8; life_loss always False).
     repeat_action_probability applies to Atari only (tests turn sticky actions off).
     """
     _check_int("seed", seed, 0)
@@ -269,11 +328,14 @@ def make_env(
         env = _make_atari(env_name, seed, training, image_size, repeat_action_probability)
     elif is_dmc(env_name):
         env = _make_dmc(env_name, seed, image_size)
+    elif is_gym_module_env(env_name):
+        env = _make_gym_module_env(env_name, seed, image_size)
     else:
         raise ValueError(
             f"unknown environment {env_name!r}: expected 'ALE/<Game>-v5' (Atari, e.g. "
-            "'ALE/Boxing-v5') or 'dmc/<domain>_<task>' (DeepMind Control, e.g. "
-            "'dmc/cartpole_balance')"
+            "'ALE/Boxing-v5'), 'dmc/<domain>_<task>' (DeepMind Control, e.g. "
+            "'dmc/cartpole_balance') or 'gym/<module>:<EnvId>' (any gymnasium env its "
+            "module registers, e.g. 'gym/tests.pixel_games:PixelSide-v0')"
         )
     env.action_space.seed(int(seed))
     # Applied on top of the action repeat so the statistics count agent steps and

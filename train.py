@@ -12,7 +12,6 @@ import math
 import shutil
 import sys
 import time
-from collections import deque
 from pathlib import Path
 
 import hydra
@@ -22,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from acting import EnvActor
 from config import default_run_name, load_config
 from env_wrapper import make_vector_env
 from replay_buffer import ReplayBuffer
@@ -123,24 +123,13 @@ class Trainer:
         self.step, self.episodes, self.last_return = state["step"], state["episodes"], state["last_return"]
         set_rng_state(state["rng"])
 
-    # ------------------------------------------------------------------ acting
-    def random_actions(self) -> np.ndarray:
-        return np.stack([self.action_space.sample() for _ in range(self.num_envs)])
-
-    def policy_actions(self, obs_history: torch.Tensor, action_history: torch.Tensor) -> torch.Tensor:
-        """Act on [prior sample of z_{t+1}, h_t] from the last RealityContextLength steps (paper's acting rule)."""
-        latents = self.world_model.encode_sample(obs_history)
-        z_next, h = self.world_model.act_state(latents, action_history)
-        return self.agent.policy(z_next, h)
-
     # ------------------------------------------------------------------ main loop
     def run(self) -> None:
         cfg, train = self.cfg, self.cfg.JointTrainAgent
         envs = make_vector_env(cfg.BasicSettings.env_name, self.num_envs,
                                cfg.BasicSettings.Seed + self.step, training=True, image_size=cfg.BasicSettings.ImageSize)
         writer = SummaryWriter(str(self.dirs.logs), purge_step=self.step if self.step else None)
-        context = train.RealityContextLength
-        obs_history, action_history = deque(maxlen=context), deque(maxlen=context)
+        actor = EnvActor(self.world_model, self.agent, self.action_space, self.num_envs, train.RealityContextLength)
         obs, _ = envs.reset()
         pending: dict[str, list[torch.Tensor]] = {}
         last_log_time, last_log_step = time.time(), self.step
@@ -151,21 +140,10 @@ class Trainer:
         updates = 0
         try:
             while self.step < train.SampleMaxSteps:
-                obs_tensor = torch.as_tensor(obs, device=self.device)
-                if self.buffer.ready() and len(obs_history) > 0:
-                    # Like the authors: the current observation joins the history after acting, so
-                    # the policy sees the prior's prediction of it, as it does in imagination.
-                    action = self.policy_actions(torch.stack(list(obs_history), dim=1),
-                                                 torch.stack(list(action_history), dim=1))
-                    env_action = action.cpu().numpy()
-                else:
-                    env_action = self.random_actions()
-                    action = torch.as_tensor(env_action, device=self.device)
+                env_action = actor.act(obs, random=not self.buffer.ready())
                 next_obs, reward, terminated, truncated, info = envs.step(env_action)
                 termination = np.logical_or(terminated, info["life_loss"])
                 self.buffer.append(obs, env_action, reward.astype(np.float32), termination)
-                obs_history.append(obs_tensor)
-                action_history.append(action if self.discrete else action.float())
                 obs = next_obs
                 self.step += self.num_envs
                 bar.update(self.num_envs)

@@ -134,7 +134,7 @@ def build_matrices(scores: pd.DataFrame, data: BenchmarkData, methods: list[str]
         )
     matrices = {}
     for method in methods:
-        mine = scores[(scores["method"] == method) & scores["task"].isin(covered)].sort_values("seed")
+        mine = scores[(scores["method"] == method) & scores["task"].isin(covered)].sort_values("seed", kind="stable")
         runs_per_task = int(mine.groupby("task").size().min())
         kept = mine.groupby("task", sort=False).head(runs_per_task)
         dropped = mine.drop(kept.index)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import analysis, report
-from .benchmarks import BENCHMARKS, REFERENCE_SCORE_SETS, AggregateError, load_benchmark
+from .benchmarks import BENCHMARKS, REFERENCE_SCORE_SETS, AggregateError, BenchmarkData, load_benchmark
 from .results import RUN_COLUMNS, discover_runs, load_run_scores, read_manifest
 
 PAPER_SUFFIX = " (paper)"
@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="CSV listing runs instead of scanning --results: columns run_name and/or csv, "
         "optionally game, method, seed",
     )
-    parser.add_argument("--out", type=Path, default=Path("outputs/aggregate"), help="output folder (default: %(default)s)")
+    parser.add_argument(
+        "--out", type=Path, default=Path("outputs/aggregate"), help="output folder (default: %(default)s)"
+    )
     parser.add_argument(
         "--include-paper",
         default="",
@@ -77,6 +79,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe_settings(args: argparse.Namespace, data: BenchmarkData, run_count: int, with_paper: bool) -> list[str]:
+    """How the numbers were made, one line each, for the top of the report."""
+    label = data.spec.task_label.lower()
+    sources = []
+    if run_count:
+        rule = "largest evaluated step" if args.step is None else f"largest evaluated step <= {args.step}"
+        sources.append(f"{run_count} runs from {args.manifest or args.results}, each at its {rule}")
+    if with_paper:
+        sources.append(f"the paper's published per-{label} scores ({data.spec.scores_file}), one 'run' per {label}")
+    if data.spec.human_normalised:
+        normalisation = f"(score - random) / (human - random) with the {args.reference_scores} reference scores"
+    else:
+        normalisation = f"none (raw returns); optimality gap against {data.spec.gamma:g}"
+    resampled = "runs and tasks" if args.task_bootstrap else "runs within each task"
+    return [
+        "Scores: " + "; ".join(sources),
+        "Normalisation: " + normalisation,
+        f"Intervals: 95% stratified bootstrap (rliable, percentile), {args.reps} reps, seed {args.seed}, "
+        f"resampling {resampled}",
+    ]
+
+
 def aggregate(args: argparse.Namespace) -> report.Results:
     """Reads the runs named by `args` and computes every table and metric."""
     if args.reps < 1:
@@ -112,33 +136,14 @@ def aggregate(args: argparse.Namespace) -> report.Results:
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
 
-    aggregates = analysis.aggregate_estimates(matrices.matrices, data, args.reps, args.seed, args.task_bootstrap)
     pairs = analysis.improvement_pairs(methods, args.pi_target) if len(methods) > 1 else []
+    aggregates = analysis.aggregate_estimates(matrices.matrices, data, args.reps, args.seed, args.task_bootstrap)
     improvement = analysis.improvement_estimates(matrices.matrices, pairs, args.reps, args.seed)
     taus = analysis.profile_thresholds(data)
     profiles, profile_cis = analysis.performance_profiles(
         matrices.matrices, taus, args.reps, args.seed, args.task_bootstrap
     )
 
-    label = data.spec.task_label.lower()
-    score_sources = []
-    if not runs.empty:
-        score_rule = "largest evaluated step" if args.step is None else f"largest evaluated step <= {args.step}"
-        score_sources.append(f"{len(runs)} runs from {args.manifest or args.results}, each at its {score_rule}")
-    if paper_methods:
-        score_sources.append(
-            f"the paper's published per-{label} scores ({data.spec.scores_file}), one 'run' per {label}"
-        )
-    settings = [
-        "Scores: " + "; ".join(score_sources),
-        (
-            f"Normalisation: (score - random) / (human - random) with the {args.reference_scores} reference scores"
-            if data.spec.human_normalised
-            else "Normalisation: none (raw returns); optimality gap against 1000"
-        ),
-        f"Intervals: 95% stratified bootstrap (rliable, percentile), {args.reps} reps, seed {args.seed}, "
-        + ("resampling runs and tasks" if args.task_bootstrap else "resampling runs within each task"),
-    ]
     return report.Results(
         data=data,
         methods=methods,
@@ -152,7 +157,7 @@ def aggregate(args: argparse.Namespace) -> report.Results:
         profiles=profiles,
         profile_cis=profile_cis,
         warnings=warnings,
-        settings=settings,
+        settings=describe_settings(args, data, len(runs), bool(paper_methods)),
     )
 
 

@@ -98,27 +98,20 @@ def table_frame(results: Results) -> pd.DataFrame:
     return pd.concat([frame, aggregate_rows], ignore_index=True)
 
 
-def markdown_report(results: Results) -> str:
+def _per_task_section(results: Results) -> list[str]:
+    """The Table 5 / 6 layout: raw per-task means and the aggregate rows."""
     data, spec = results.data, results.data.spec
     label = spec.task_label
-    lines = [f"# {spec.title}: aggregate results", ""]
-    lines += [f"- {line}" for line in results.settings] + [""]
-
-    lines += ["## Missing data and exclusions", ""]
-    lines += [f"- {w}" for w in results.warnings] if results.warnings else ["None: every method has every run."]
-    lines.append("")
-
-    lines += [f"## Per-{label.lower()} scores", ""]
+    lines = [f"## Per-{label.lower()} scores", ""]
     lines.append(
         f"Mean raw score over each method's runs ('—': no score). The aggregate rows are computed on "
         f"{'human-normalised' if spec.human_normalised else 'raw'} scores over the "
         f"{len(results.tasks_aggregated)} {label.lower()}s every method has."
     )
     lines.append("")
-    table = table_frame(results)
     reference = ["Random", "Human"] if spec.human_normalised else []
     rows = []
-    for _, row in table.iterrows():
+    for _, row in table_frame(results).iterrows():
         if row["task"] in spec.metric_names:
             cells = [f"**{row['name']}**"] + [""] * len(reference)
             cells += [format_metric(data, row["task"], row[m]) for m in results.methods]
@@ -126,72 +119,104 @@ def markdown_report(results: Results) -> str:
             cells = [row["name"]] + [format_raw(row[c]) for c in ("random", "human")[: len(reference)]]
             cells += ["—" if pd.isna(row[m]) else format_raw(row[m]) for m in results.methods]
         rows.append(cells)
-    lines += _markdown_table([label] + reference + results.methods, rows) + [""]
+    return lines + _markdown_table([label] + reference + results.methods, rows) + [""]
 
-    if spec.human_normalised:
-        lines += [f"## Human-normalised scores per {label.lower()}", ""]
-        lines.append("Mean over runs, with the number of runs in parentheses.")
-        lines.append("")
-        means = per_task_means(results, "score")
-        counts = results.scores.pivot_table(index="task", columns="method", values="score", aggfunc="count")
-        counts = counts.reindex(index=data.tasks, columns=results.methods)
-        rows = [
-            [data.display_names[t]]
-            + ["—" if pd.isna(means.at[t, m]) else f"{means.at[t, m]:.3f} ({int(counts.at[t, m])})" for m in results.methods]
-            for t in data.tasks
-        ]
-        lines += _markdown_table([label] + results.methods, rows) + [""]
 
-    lines += ["## Aggregate metrics with 95% confidence intervals", ""]
+def _normalised_section(results: Results) -> list[str]:
+    """Human-normalised per-game means with run counts (Atari only)."""
+    data, label = results.data, results.data.spec.task_label
+    lines = [f"## Human-normalised scores per {label.lower()}", ""]
+    lines += ["Mean over runs, with the number of runs in parentheses.", ""]
+    means = per_task_means(results, "score")
+    counts = results.scores.pivot_table(index="task", columns="method", values="score", aggfunc="count")
+    counts = counts.reindex(index=data.tasks, columns=results.methods)
+    rows = []
+    for task in data.tasks:
+        cells = [data.display_names[task]]
+        for method in results.methods:
+            mean, count = means.at[task, method], counts.at[task, method]
+            cells.append("—" if pd.isna(mean) else f"{mean:.3f} ({int(count)})")
+        rows.append(cells)
+    return lines + _markdown_table([label] + results.methods, rows) + [""]
+
+
+def _aggregate_section(results: Results) -> list[str]:
+    """Point estimates and CIs of the four aggregate metrics per method."""
+    data, spec = results.data, results.data.spec
+    lines = ["## Aggregate metrics with 95% confidence intervals", ""]
     rows = []
     for method in results.methods:
         mine = results.aggregates[results.aggregates["method"] == method].set_index("metric")
         cells = [method, str(results.runs_per_task[method])]
         for metric in spec.metric_names:
-            value, low, high = mine.loc[metric, ["value", "ci_low", "ci_high"]]
-            cells.append(
-                f"{format_metric(data, metric, value)} [{format_metric(data, metric, low)}, {format_metric(data, metric, high)}]"
-            )
+            estimates = mine.loc[metric, ["value", "ci_low", "ci_high"]]
+            value, low, high = (format_metric(data, metric, v) for v in estimates)
+            cells.append(f"{value} [{low}, {high}]")
         rows.append(cells)
-    lines += _markdown_table(["Method", f"Runs per {label.lower()}"] + list(spec.metric_names), rows) + [""]
+    header = ["Method", f"Runs per {spec.task_label.lower()}"] + list(spec.metric_names)
+    return lines + _markdown_table(header, rows) + [""]
 
+
+def _paper_section(results: Results) -> list[str]:
+    """The paper's published aggregate rows beside the same metrics recomputed here."""
+    data, label = results.data, results.data.spec.task_label.lower()
     published = data.paper_aggregates
-    compared = [(label_, name) for label_, name in results.paper_methods.items() if name in set(published["method"])]
-    if compared:
-        lines += ["## Published aggregate rows versus recomputed", ""]
-        lines.append(
-            f"The paper's own aggregate rows next to the same metric recomputed here from its per-{label.lower()} "
-            f"rows (over the {len(results.tasks_aggregated)} {label.lower()}s aggregated)."
-        )
-        lines.append("")
-        recomputed = results.aggregates.set_index(["method", "metric"])["value"]
-        rows = []
-        for label_, name in compared:
-            for _, row in published[published["method"] == name].iterrows():
-                mine = recomputed[(label_, row["metric"])]
-                rows.append(
-                    [
-                        label_,
-                        row["metric"],
-                        format_metric(data, row["metric"], row["value"]),
-                        format_metric(data, row["metric"], mine),
-                        format_difference(data, row["metric"], mine - row["value"]),
-                    ]
-                )
-        lines += _markdown_table(["Method", "Metric", "Paper", "Recomputed", "Recomputed − paper"], rows) + [""]
-
-    lines += ["## Probability of improvement", ""]
-    if results.improvement.empty:
-        lines += ["Needs at least two methods.", ""]
-    else:
-        rows = [
-            [r.x, r.y, f"{r.value:.3f}", f"[{r.ci_low:.3f}, {r.ci_high:.3f}]"]
-            for r in results.improvement.itertuples()
+    compared = [(shown, name) for shown, name in results.paper_methods.items() if name in set(published["method"])]
+    if not compared:
+        return []
+    lines = ["## Published aggregate rows versus recomputed", ""]
+    if len(results.tasks_aggregated) < len(data.tasks):
+        return lines + [
+            f"Not compared: the aggregates here cover {len(results.tasks_aggregated)} of {len(data.tasks)} "
+            f"{label}s, while the paper's rows cover all of them.",
+            "",
         ]
-        lines += _markdown_table(["X", "Y", "P(X > Y)", "95% CI"], rows) + [""]
+    lines += [
+        f"The paper's own aggregate rows next to the same metrics recomputed here from its per-{label} rows. "
+        "Where they differ beyond rounding, see 'Reproducing the paper's aggregate rows' in "
+        "tools/aggregate/README.md.",
+        "",
+    ]
+    recomputed = results.aggregates.set_index(["method", "metric"])["value"]
+    rows = []
+    for shown, name in compared:
+        for _, row in published[published["method"] == name].iterrows():
+            mine = recomputed[(shown, row["metric"])]
+            rows.append(
+                [
+                    shown,
+                    row["metric"],
+                    format_metric(data, row["metric"], row["value"]),
+                    format_metric(data, row["metric"], mine),
+                    format_difference(data, row["metric"], mine - row["value"]),
+                ]
+            )
+    return lines + _markdown_table(["Method", "Metric", "Paper", "Recomputed", "Recomputed − paper"], rows) + [""]
 
-    lines += ["## Plots", ""]
-    lines.append(f"![Aggregate metrics]({PLOT_FILES['aggregate']})")
+
+def _improvement_section(results: Results) -> list[str]:
+    lines = ["## Probability of improvement", ""]
+    if results.improvement.empty:
+        return lines + ["Needs at least two methods.", ""]
+    rows = [
+        [r.x, r.y, f"{r.value:.3f}", f"[{r.ci_low:.3f}, {r.ci_high:.3f}]"] for r in results.improvement.itertuples()
+    ]
+    return lines + _markdown_table(["X", "Y", "P(X > Y)", "95% CI"], rows) + [""]
+
+
+def markdown_report(results: Results) -> str:
+    lines = [f"# {results.data.spec.title}: aggregate results", ""]
+    lines += [f"- {line}" for line in results.settings] + [""]
+    lines += ["## Missing data and exclusions", ""]
+    lines += [f"- {w}" for w in results.warnings] if results.warnings else ["None: every method has every run."]
+    lines.append("")
+    lines += _per_task_section(results)
+    if results.data.spec.human_normalised:
+        lines += _normalised_section(results)
+    lines += _aggregate_section(results)
+    lines += _paper_section(results)
+    lines += _improvement_section(results)
+    lines += ["## Plots", "", f"![Aggregate metrics]({PLOT_FILES['aggregate']})"]
     if not results.improvement.empty:
         lines.append(f"![Probability of improvement]({PLOT_FILES['improvement']})")
     lines.append(f"![Performance profiles]({PLOT_FILES['profiles']})")

@@ -83,7 +83,9 @@ def read_manifest(manifest: Path, results_dir: Path) -> list[RunSource]:
     except FileNotFoundError:
         raise AggregateError(f"manifest {str(manifest)!r} does not exist") from None
     except pd.errors.EmptyDataError:
-        raise AggregateError(f"manifest {str(manifest)!r} is empty; expected a header such as 'run_name,game,method,seed'") from None
+        raise AggregateError(
+            f"manifest {str(manifest)!r} is empty; expected a header such as 'run_name,game,method,seed'"
+        ) from None
     table.columns = [c.strip() for c in table.columns]
     if not {"run_name", "csv"} & set(table.columns):
         raise AggregateError(
@@ -131,9 +133,10 @@ def read_eval_csv(path: Path) -> pd.DataFrame:
         values = pd.to_numeric(table[column], errors="coerce")
         bad = values.isna()
         if bad.any():
-            line = int(bad.idxmax()) + 2  # +1 for the header, +1 for 1-based lines
+            row = bad.idxmax()
+            line = int(row) + 2  # +1 for the header, +1 for 1-based lines
             raise AggregateError(
-                f"evaluation CSV {str(path)!r} line {line}: {column} is {table[column][bad.idxmax()]!r}, expected a number"
+                f"evaluation CSV {str(path)!r} line {line}: {column} is {table[column][row]!r}, expected a number"
             )
         table[column] = values
     return table

@@ -1,0 +1,328 @@
+"""Evaluate the saved checkpoints of a training run in the real environment (SPEC 7).
+
+    python eval.py -config_path="config_files/STORM.yaml" -env_name="ALE/Boxing-v5" -run_name="Boxing-STORM-seed_0"
+
+Every saved_models/<run_name>/weights_<step>.pt plays `-episodes` (20) episodes to game
+over with sampled actions; each checkpoint's summary becomes one row of
+outputs/eval_result/<run_name>.csv (header step,episode_avg_return,episode_std,
+episode_min,episode_max,episodes), rewritten atomically after every checkpoint. Steps
+already in the CSV are skipped, so a stopped evaluation continues where it stopped;
+`-all` re-evaluates every checkpoint, `-step N` only weights_N.pt.
+
+A run trained with config overrides (e.g. `+preset=cpu`) is evaluated with the same
+overrides appended after the flags: the model config must match the checkpoint's.
+"""
+import argparse
+import csv
+import difflib
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from acting import EnvActor
+from config import CONFIG_DIR, ConfigError, compose_config, config_name_from_path
+from env_wrapper import make_vector_env
+from utils import action_spec, build_models, load_checkpoint_file, seed_everything, select_device, use_bf16
+
+CSV_FIELDS = ["step", "episode_avg_return", "episode_std", "episode_min", "episode_max", "episodes"]
+# Training seeds env i with Seed + step + i (step <= 500k even on DMC), so evaluation
+# seeds start far above that range: evaluation episodes never replay training ones.
+EVAL_SEED_OFFSET = 1_000_000
+
+
+class EvalError(Exception):
+    """A problem with the command line or the run's files, reported without a traceback."""
+
+
+@torch.no_grad()
+def evaluate_checkpoint(world_model, agent, cfg, env_name: str, episodes: int, num_envs: int, seed: int,
+                        max_steps: int | None = None,
+                        on_episode_end: Callable[[float], None] | None = None) -> np.ndarray:
+    """Play `episodes` episodes on `num_envs` parallel evaluation envs; returns their returns.
+
+    Each env plays a number of episodes fixed in advance (episodes / num_envs, the remainder
+    spread over the first envs). Counting "the first `episodes` to finish" instead would
+    favour short episodes. An env that has played its share keeps stepping (a vector env
+    steps all envs together) but its further episodes are not counted.
+
+    The acting history (EnvActor) runs on across an env's episode boundary, exactly as in
+    training: the world model was trained on replayed sequences that cross boundaries, and
+    a per-env history reset would need a ragged batch. Envs and the torch RNG are seeded
+    with `seed`, so every checkpoint meets the same env randomness and a rerun repeats.
+
+    `max_steps` caps an episode's length in agent steps; a capped episode counts with the
+    return it had so far and its env starts a new episode.
+    """
+    if not 1 <= num_envs <= episodes:
+        raise ValueError(f"num_envs={num_envs}: expected between 1 and episodes={episodes}")
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps={max_steps}: expected a positive number of agent steps or None")
+    seed_everything(seed)
+    world_model.eval()
+    agent.eval()
+    envs = make_vector_env(env_name, num_envs, seed, training=False, image_size=cfg.BasicSettings.ImageSize)
+    actor = EnvActor(world_model, agent, envs.single_action_space, num_envs, cfg.JointTrainAgent.RealityContextLength)
+    quota = np.full(num_envs, episodes // num_envs)
+    quota[:episodes % num_envs] += 1
+    played = np.zeros(num_envs, dtype=np.int64)
+    episode_return = np.zeros(num_envs)
+    episode_length = np.zeros(num_envs, dtype=np.int64)
+    returns = []
+    try:
+        obs, _ = envs.reset()
+        while (played < quota).any():
+            obs, reward, terminated, truncated, _ = envs.step(actor.act(obs))
+            episode_return += reward
+            episode_length += 1
+            game_over = terminated | truncated
+            capped = ~game_over & (episode_length >= (max_steps or np.inf))
+            ended = game_over | capped
+            for i in np.flatnonzero(ended & (played < quota)):
+                returns.append(episode_return[i])
+                played[i] += 1
+                if on_episode_end is not None:
+                    on_episode_end(float(episode_return[i]))
+            episode_return[ended] = 0.0
+            episode_length[ended] = 0
+            # The vector env resets an env by itself only when its game ends; an env cut
+            # by max_steps that still owes episodes is restarted here.
+            restart = capped & (played < quota)
+            if restart.any():
+                obs, _ = envs.reset(options={"reset_mask": restart})
+    finally:
+        envs.close()
+    return np.asarray(returns, dtype=np.float64)
+
+
+# ---------------------------------------------------------------------- run files
+def checkpoint_steps(run_dir: Path) -> dict[int, Path]:
+    """{step: weights_<step>.pt} of a run folder (half-written .tmp files do not match)."""
+    found = {}
+    for path in run_dir.glob("weights_*.pt"):
+        step = path.stem.removeprefix("weights_")
+        if step.isdigit():
+            found[int(step)] = path
+    return dict(sorted(found.items()))
+
+
+def find_run(checkpoint_dir: Path, run_name: str) -> Path:
+    run_dir = checkpoint_dir / run_name
+    if run_dir.is_dir():
+        return run_dir
+    if not checkpoint_dir.is_dir():
+        raise EvalError(f"checkpoint folder {checkpoint_dir} does not exist; run from the folder train.py ran in "
+                        "or pass -checkpoint_dir")
+    runs = [p.name for p in checkpoint_dir.iterdir() if p.is_dir()]
+    runs.sort(key=lambda name: -difflib.SequenceMatcher(None, run_name, name).ratio())
+    listing = f"runs there, nearest first: {', '.join(runs)}" if runs else "it holds no runs"
+    raise EvalError(f"no run {run_name!r}: {run_dir} does not exist; {listing}")
+
+
+def load_weights(path: Path) -> dict:
+    try:
+        weights = load_checkpoint_file(path)
+    except RuntimeError as error:
+        raise EvalError(f"{error} (the file is corrupt or incomplete; delete it or re-save it)") from None
+    missing = {"step", "world_model", "agent", "config"} - set(weights if isinstance(weights, dict) else ())
+    if missing:
+        raise EvalError(f"{path} is not a weights file written by train.py: missing {', '.join(sorted(missing))}")
+    return weights
+
+
+def config_differences(saved: dict, cfg) -> list[str]:
+    """What the evaluation config sets differently from the checkpoint's own config: the
+    model (every Models key), the environment and the acting context length."""
+    current = OmegaConf.to_container(cfg, resolve=True)
+    differences = _diff(saved.get("Models", {}), current["Models"], "Models")
+    for section, key in (("BasicSettings", "env_name"), ("JointTrainAgent", "RealityContextLength")):
+        differences += _diff(saved.get(section, {}).get(key, "<missing>"), current[section][key], f"{section}.{key}")
+    return differences
+
+
+def _diff(saved, current, prefix: str) -> list[str]:
+    if isinstance(saved, dict) and isinstance(current, dict):
+        out = []
+        for key in sorted(set(saved) | set(current)):
+            out += _diff(saved.get(key, "<missing>"), current.get(key, "<missing>"), f"{prefix}.{key}")
+        return out
+    return [] if saved == current else [f"{prefix}: checkpoint {saved!r}, given {current!r}"]
+
+
+# ---------------------------------------------------------------------- results CSV
+def read_results(path: Path) -> dict[int, dict[str, str]]:
+    """Rows of an existing results CSV by step, kept as text so rewriting leaves them unchanged."""
+    if not path.exists():
+        return {}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames != CSV_FIELDS:
+            raise EvalError(f"{path} has columns {reader.fieldnames}, expected {CSV_FIELDS}; "
+                            "move it aside to start a new table")
+        rows = {}
+        for row in reader:
+            if None in row or None in row.values() or not row["step"].isdigit():
+                raise EvalError(f"{path} line {reader.line_num} is malformed: {row}; fix or move the file aside")
+            rows[int(row["step"])] = row
+    return rows
+
+
+def write_results(path: Path, rows: dict[int, dict[str, str]]) -> None:
+    """Write to a temporary file beside `path`, then rename over it: a killed evaluation
+    leaves the previous complete table, never a half-written one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            writer = csv.DictWriter(f, CSV_FIELDS, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows[step] for step in sorted(rows))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def summary_row(step: int, returns: np.ndarray) -> dict[str, str]:
+    stats = (returns.mean(), returns.std(), returns.min(), returns.max())   # std over episodes (ddof=0)
+    return dict(zip(CSV_FIELDS, [str(step), *(str(float(x)) for x in stats), str(len(returns))]))
+
+
+# ---------------------------------------------------------------------- command line
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    parser.add_argument("-config_path", required=True,
+                        help="model config: config_files/STORM.yaml, config_files/GITSTORM.yaml, or just STORM / GITSTORM")
+    parser.add_argument("-env_name", required=True, help="ALE/<Game>-v5 or dmc/<domain>_<task>")
+    parser.add_argument("-run_name", required=True, help="folder of the run in -checkpoint_dir")
+    parser.add_argument("-checkpoint_dir", type=Path, default=Path("saved_models"))
+    parser.add_argument("-output_dir", type=Path, default=Path("outputs/eval_result"))
+    parser.add_argument("-episodes", type=positive_int, default=20, help="episodes per checkpoint")
+    parser.add_argument("-num_envs", type=positive_int, default=None,
+                        help="parallel envs (default: -episodes, one episode each)")
+    parser.add_argument("-seed", type=int, default=0,
+                        help=f"evaluation seed; envs get seed + {EVAL_SEED_OFFSET:,} + i")
+    parser.add_argument("-device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("-max_steps", type=positive_int, default=None,
+                        help="cap on an episode's agent steps (default: the env's own time limit only)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("-all", action="store_true", help="re-evaluate checkpoints already in the CSV")
+    which.add_argument("-step", type=int, default=None, help="evaluate only weights_<STEP>.pt")
+    parser.add_argument("overrides", nargs="*",
+                        help="config overrides the run was trained with, e.g. +preset=cpu Models.Agent.Gamma=0.99")
+    args = parser.parse_intermixed_args(argv)
+    if args.num_envs is None:
+        args.num_envs = args.episodes
+    if args.num_envs > args.episodes:
+        parser.error(f"-num_envs={args.num_envs} is more than -episodes={args.episodes}; "
+                     "an env without an episode to play would only waste time")
+    if args.seed < 0:
+        parser.error(f"-seed={args.seed}: expected a non-negative integer")
+    return args
+
+
+def load_eval_config(config_path: str, env_name: str, overrides: list[str]):
+    # A bare name (STORM, as evals.sh passes) means config_files/<name>.yaml.
+    if Path(config_path).suffix not in (".yaml", ".yml"):
+        config_path = str(CONFIG_DIR / f"{config_path}.yaml")
+    try:
+        return compose_config(config_name_from_path(config_path), [f"BasicSettings.env_name={env_name}", *overrides])
+    except (ConfigError, HydraException) as error:
+        raise EvalError(f"config: {error}") from None
+
+
+def steps_to_evaluate(available: dict[int, Path], done: dict[int, dict], args, csv_path: Path) -> list[int]:
+    if args.step is not None:
+        if args.step not in available:
+            raise EvalError(f"-step={args.step}: no weights_{args.step}.pt in {args.checkpoint_dir / args.run_name}; "
+                            f"available steps: {', '.join(map(str, available))}")
+        return [args.step]
+    if args.all:
+        return list(available)
+    skipped = [step for step in available if step in done]
+    if skipped:
+        print(f"{args.run_name}: skipping steps {', '.join(map(str, skipped))}, already in {csv_path} "
+              "(-all re-evaluates them)")
+    return [step for step in available if step not in done]
+
+
+def run(args: argparse.Namespace) -> None:
+    cfg = load_eval_config(args.config_path, args.env_name, args.overrides)
+    try:   # builds the envs of evaluate_checkpoint too; an unknown env name fails here, before any loading
+        probe = make_vector_env(args.env_name, 1, 0, training=False, image_size=cfg.BasicSettings.ImageSize)
+    except ValueError as error:
+        raise EvalError(f"-env_name: {error}") from None
+    action_dim, discrete = action_spec(probe.single_action_space)
+    probe.close()
+
+    run_dir = find_run(args.checkpoint_dir, args.run_name)
+    available = checkpoint_steps(run_dir)
+    if not available:
+        raise EvalError(f"{run_dir} holds no weights_<step>.pt files: train.py writes one every "
+                        "JointTrainAgent.SaveEverySteps steps")
+    csv_path = args.output_dir / f"{args.run_name}.csv"
+    results = read_results(csv_path)
+    steps = steps_to_evaluate(available, results, args, csv_path)
+    if not steps:
+        print(f"{args.run_name}: every checkpoint is already evaluated in {csv_path}; nothing to do")
+        return
+
+    try:
+        device = select_device(args.device)
+    except (ValueError, RuntimeError) as error:
+        raise EvalError(f"-device: {error}") from None
+    world_model, agent = build_models(cfg, action_dim, discrete, device, use_bf16(cfg.BasicSettings.MixedPrecision, device))
+    for step in steps:
+        path = available[step]
+        weights = load_weights(path)
+        differences = config_differences(weights["config"], cfg)
+        if differences:
+            raise EvalError(f"{path} was trained with another configuration than the one given:\n  "
+                            + "\n  ".join(differences)
+                            + "\nPass the run's config (-config_path) and any overrides it was trained with "
+                              "(e.g. +preset=cpu) after the flags.")
+        try:
+            world_model.load_state_dict(weights["world_model"])
+            agent.load_state_dict(weights["agent"])
+        except RuntimeError as error:
+            raise EvalError(f"{path}: weights do not fit the model built from the config: {error}") from None
+
+        with tqdm(total=args.episodes, desc=f"{args.run_name} step {step}", unit="episode", dynamic_ncols=True,
+                  disable=None) as bar:
+            returns = evaluate_checkpoint(world_model, agent, cfg, args.env_name, args.episodes, args.num_envs,
+                                          args.seed + EVAL_SEED_OFFSET, args.max_steps,
+                                          on_episode_end=lambda _: bar.update())
+        results[step] = summary_row(step, returns)
+        write_results(csv_path, results)
+        tqdm.write(f"{args.run_name} step {step}: return {returns.mean():.2f} +- {returns.std():.2f} "
+                   f"(min {returns.min():g}, max {returns.max():g}) over {len(returns)} episodes -> {csv_path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except EvalError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""train.py end to end through its command line: a dry run per algorithm, and resuming
+after the process is killed with nothing lost and nothing duplicated."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["+preset=cpu", "JointTrainAgent.BufferWarmUp=32", "JointTrainAgent.BatchSize=2",
+        "JointTrainAgent.BatchLength=8", "JointTrainAgent.ImagineBatchSize=8",
+        "JointTrainAgent.ImagineContextLength=4", "JointTrainAgent.ImagineBatchLength=4",
+        "JointTrainAgent.LogEverySteps=10", "JointTrainAgent.VideoEverySteps=40"]
+
+
+def train_command(tmp_path, *overrides):
+    return [sys.executable, "train.py", *TINY, f"BasicSettings.RunsDir={tmp_path}/runs",
+            f"BasicSettings.CheckpointDir={tmp_path}/saved_models", *overrides]
+
+
+def run(command, **kwargs):
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600, **kwargs)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def steps_of(folder: Path, pattern: str) -> list[int]:
+    return sorted(int(p.stem.split("_")[-1]) for p in folder.glob(pattern))
+
+
+@pytest.mark.parametrize("config_args", [
+    [],                                                              # STORM (default config)
+    ["BasicSettings.config_path=config_files/GITSTORM.yaml"],       # GIT-STORM, the authors' form
+])
+def test_cli_dry_run_writes_events_and_checkpoints(tmp_path, config_args):
+    run(train_command(tmp_path, *config_args, "JointTrainAgent.SampleMaxSteps=60",
+                      "JointTrainAgent.SaveEverySteps=30", "BasicSettings.n=dry"))
+    checkpoints = tmp_path / "saved_models" / "dry"
+    assert steps_of(checkpoints, "weights_*.pt") == [30, 60]
+    assert steps_of(checkpoints, "checkpoint_*.pt") == [30, 60]
+    assert steps_of(checkpoints, "replay_buffer_*.pt") == [60]       # only the newest keeps its buffer
+    assert not list(checkpoints.glob("*.tmp"))
+    events = list((tmp_path / "runs" / "dry").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    accumulator = EventAccumulator(str(tmp_path / "runs" / "dry"))
+    accumulator.Reload()
+    scalars = set(accumulator.Tags()["scalars"])
+    for tag in ("world_model/reconstruction_loss", "world_model/dynamics_kl", "world_model/prior_perplexity",
+                "agent/policy_loss", "agent/entropy", "agent/return_scale", "time/env_steps_per_second"):
+        assert tag in scalars
+
+    weights = torch.load(checkpoints / "weights_60.pt", weights_only=False)
+    expected_prior = "maskgit" if config_args else "mlp"
+    assert weights["config"]["Models"]["WorldModel"]["Prior"] == expected_prior
+    assert weights["step"] == 60
+
+
+def test_finished_run_says_so_and_fresh_moves_it_aside(tmp_path):
+    command = train_command(tmp_path, "JointTrainAgent.SampleMaxSteps=40", "JointTrainAgent.SaveEverySteps=40",
+                            "BasicSettings.n=again")
+    run(command)
+    second = run(command)
+    assert "already reached 40 steps" in second.stdout
+    run(command + ["BasicSettings.Resume=fresh"])
+    assert len(list((tmp_path / "saved_models").glob("again.old-*"))) == 1
+    assert steps_of(tmp_path / "saved_models" / "again", "weights_*.pt") == [40]
+
+
+def test_resume_with_another_model_config_is_refused(tmp_path):
+    run(train_command(tmp_path, "JointTrainAgent.SampleMaxSteps=40", "JointTrainAgent.SaveEverySteps=40",
+                      "BasicSettings.n=mixed"))
+    result = subprocess.run(train_command(tmp_path, "JointTrainAgent.SampleMaxSteps=80", "BasicSettings.n=mixed",
+                                          "Models.WorldModel.Prior=maskgit"),
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert "Models.WorldModel.Prior: 'mlp' -> 'maskgit'" in result.stderr
+
+
+def test_resume_after_kill_loses_and_duplicates_nothing(tmp_path):
+    command = train_command(tmp_path, "JointTrainAgent.SampleMaxSteps=200", "JointTrainAgent.SaveEverySteps=40",
+                            "JointTrainAgent.KeepCheckpoints=5", "BasicSettings.n=resume")
+    folder = tmp_path / "saved_models" / "resume"
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 500
+    while not (folder / "checkpoint_80.pt").exists():
+        assert process.poll() is None, process.stderr.read()
+        assert time.time() < deadline, "no checkpoint within the time limit"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+    killed_at = steps_of(folder, "checkpoint_*.pt")[-1]
+    assert 80 <= killed_at < 200, "the run must be killed before it finished"
+    saved = torch.load(folder / f"checkpoint_{killed_at}.pt", weights_only=False)
+    saved_buffer = torch.load(folder / f"replay_buffer_{killed_at}.pt", weights_only=True)
+    assert saved["step"] == killed_at and saved_buffer["num_appended"] == killed_at
+
+    resumed = run(command)
+    assert f"Resuming run resume from step {killed_at}" in resumed.stdout
+
+    final = torch.load(folder / "checkpoint_200.pt", weights_only=False)
+    final_buffer = torch.load(folder / "replay_buffer_200.pt", weights_only=True)
+    # Step counter and buffer: the first killed_at steps are exactly the saved ones, then 200 - killed_at new.
+    assert final["step"] == 200 and final_buffer["num_appended"] == 200
+    for key in ("obs", "action", "reward", "termination"):
+        assert torch.equal(final_buffer[key][:, :killed_at], saved_buffer[key][:, :killed_at]), key
+    # Optimiser state continues: one world-model and one agent update per step after the warm-up.
+    warmup = 32
+    for name in ("world_model_optimizer", "agent_optimizer"):
+        before = saved[name]["state"][0]["step"].item()
+        after = final[name]["state"][0]["step"].item()
+        assert before == killed_at - warmup, name
+        assert after == before + (200 - killed_at), name
