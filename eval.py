@@ -69,22 +69,23 @@ def evaluate_checkpoint(world_model, agent, cfg, env_name: str, episodes: int, n
     world_model.eval()
     agent.eval()
     envs = make_vector_env(env_name, num_envs, seed, training=False, image_size=cfg.BasicSettings.ImageSize)
-    actor = EnvActor(world_model, agent, envs.single_action_space, num_envs, cfg.JointTrainAgent.RealityContextLength)
-    quota = np.full(num_envs, episodes // num_envs)
-    quota[:episodes % num_envs] += 1
-    played = np.zeros(num_envs, dtype=np.int64)
-    episode_return = np.zeros(num_envs)
-    episode_length = np.zeros(num_envs, dtype=np.int64)
-    returns = []
     try:
+        actor = EnvActor(world_model, agent, envs.single_action_space, num_envs,
+                         cfg.JointTrainAgent.RealityContextLength)
+        quota = np.full(num_envs, episodes // num_envs)
+        quota[:episodes % num_envs] += 1
+        played = np.zeros(num_envs, dtype=np.int64)
+        episode_return = np.zeros(num_envs)
+        episode_length = np.zeros(num_envs, dtype=np.int64)
+        returns = []
         obs, _ = envs.reset()
         while (played < quota).any():
             obs, reward, terminated, truncated, _ = envs.step(actor.act(obs))
             episode_return += reward
             episode_length += 1
-            game_over = terminated | truncated
-            capped = ~game_over & (episode_length >= (max_steps or np.inf))
-            ended = game_over | capped
+            finished = terminated | truncated           # game over, or the env's own time limit
+            capped = ~finished & (episode_length >= (max_steps or np.inf))
+            ended = finished | capped
             for i in np.flatnonzero(ended & (played < quota)):
                 returns.append(episode_return[i])
                 played[i] += 1
@@ -92,8 +93,8 @@ def evaluate_checkpoint(world_model, agent, cfg, env_name: str, episodes: int, n
                     on_episode_end(float(episode_return[i]))
             episode_return[ended] = 0.0
             episode_length[ended] = 0
-            # The vector env resets an env by itself only when its game ends; an env cut
-            # by max_steps that still owes episodes is restarted here.
+            # The vector env resets an env by itself only when its episode finishes; an env
+            # cut by max_steps that still owes episodes is restarted here.
             restart = capped & (played < quota)
             if restart.any():
                 obs, _ = envs.reset(options={"reset_mask": restart})
@@ -130,7 +131,8 @@ def load_weights(path: Path) -> dict:
     try:
         weights = load_checkpoint_file(path)
     except RuntimeError as error:
-        raise EvalError(f"{error} (the file is corrupt or incomplete; delete it or re-save it)") from None
+        raise EvalError(f"{error} (the file is corrupt or incomplete; move it out of the run folder "
+                        "to evaluate the other checkpoints)") from None
     missing = {"step", "world_model", "agent", "config"} - set(weights if isinstance(weights, dict) else ())
     if missing:
         raise EvalError(f"{path} is not a weights file written by train.py: missing {', '.join(sorted(missing))}")
@@ -208,7 +210,8 @@ def positive_int(text: str) -> int:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("-config_path", required=True,
-                        help="model config: config_files/STORM.yaml, config_files/GITSTORM.yaml, or just STORM / GITSTORM")
+                        help="model config: config_files/STORM.yaml, config_files/GITSTORM.yaml, ... or just "
+                             "its name (STORM)")
     parser.add_argument("-env_name", required=True, help="ALE/<Game>-v5 or dmc/<domain>_<task>")
     parser.add_argument("-run_name", required=True, help="folder of the run in -checkpoint_dir")
     parser.add_argument("-checkpoint_dir", type=Path, default=Path("saved_models"))
@@ -223,7 +226,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="cap on an episode's agent steps (default: the env's own time limit only)")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("-all", action="store_true", help="re-evaluate checkpoints already in the CSV")
-    which.add_argument("-step", type=int, default=None, help="evaluate only weights_<STEP>.pt")
+    which.add_argument("-step", type=int, default=None,
+                       help="evaluate only weights_<STEP>.pt (again, if it is already in the CSV)")
     parser.add_argument("overrides", nargs="*",
                         help="config overrides the run was trained with, e.g. +preset=cpu Models.Agent.Gamma=0.99")
     args = parser.parse_intermixed_args(argv)
@@ -264,7 +268,7 @@ def steps_to_evaluate(available: dict[int, Path], done: dict[int, dict], args, c
 
 def run(args: argparse.Namespace) -> None:
     cfg = load_eval_config(args.config_path, args.env_name, args.overrides)
-    try:   # builds the envs of evaluate_checkpoint too; an unknown env name fails here, before any loading
+    try:   # one env for the action space; an unknown env name fails here, before anything is loaded
         probe = make_vector_env(args.env_name, 1, 0, training=False, image_size=cfg.BasicSettings.ImageSize)
     except ValueError as error:
         raise EvalError(f"-env_name: {error}") from None
@@ -285,9 +289,12 @@ def run(args: argparse.Namespace) -> None:
 
     try:
         device = select_device(args.device)
+        bf16 = use_bf16(cfg.BasicSettings.MixedPrecision, device)
     except (ValueError, RuntimeError) as error:
-        raise EvalError(f"-device: {error}") from None
-    world_model, agent = build_models(cfg, action_dim, discrete, device, use_bf16(cfg.BasicSettings.MixedPrecision, device))
+        raise EvalError(f"-device={args.device}: {error}") from None
+    world_model, agent = build_models(cfg, action_dim, discrete, device, bf16)
+    print(f"{args.run_name}: evaluating steps {', '.join(map(str, steps))} on {args.env_name}, {args.episodes} "
+          f"episodes each on {args.num_envs} envs, device {device}", flush=True)
     for step in steps:
         path = available[step]
         weights = load_weights(path)
@@ -321,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
     except EvalError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted; the CSV holds every checkpoint finished so far", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -174,7 +174,8 @@ class Trainer:
                 if self.step >= next_save:
                     self.save()
                     next_save += train.SaveEverySteps
-            self.save()
+            if self.dirs.latest_checkpoint() != self.dirs.checkpoints / f"checkpoint_{self.step}.pt":
+                self.save()
         finally:
             bar.close()
             writer.close()

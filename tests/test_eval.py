@@ -22,10 +22,22 @@ RUN = "Breakout-STORM-seed_0"          # the name eval_manager.sh looks for
 ENV = "ALE/Breakout-v5"
 STEPS = (24, 48)
 FAST = ["-episodes=2", "-num_envs=2", "-max_steps=30", "+preset=cpu"]
+# One intra-op thread: the tiny models gain nothing from more, and on a busy 2-core machine
+# two threads per process wait on each other (an evaluation step then takes 10x longer).
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def run_command(args, **kwargs):
-    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300, **kwargs)
+def run_command(args, env=None):
+    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**ONE_THREAD, **(env or {})})
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +94,7 @@ def test_eval_writes_csv_then_rerun_skips_evaluated_steps(trained, tmp_path):
     # Again through eval_manager.sh -> evals.sh -> eval.py: the run is found by its name,
     # both steps are already in the CSV, so nothing is evaluated and the file stays as it was.
     result = run_command(["./eval_manager.sh", f"-output_dir={output}", *FAST],
-                         env={**os.environ, "PYTHON": sys.executable, "CHECKPOINT_DIR": str(trained)})
+                         env={"PYTHON": sys.executable, "CHECKPOINT_DIR": str(trained)})
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"{RUN}: skipping steps 24, 48, already in {csv_path}" in result.stdout
     assert "nothing to do" in result.stdout
