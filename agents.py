@@ -69,7 +69,8 @@ class ContinuousActionDist:
 
     def __init__(self, raw: torch.Tensor):
         mean_raw, std_raw = raw.float().chunk(2, dim=-1)
-        self.normal = torch.distributions.Normal(torch.tanh(mean_raw), 2 * torch.sigmoid(std_raw / 2) + 0.1)
+        self.normal = torch.distributions.Normal(torch.tanh(mean_raw), 2 * torch.sigmoid(std_raw / 2) + 0.1,
+                                                 validate_args=False)
 
     def sample(self) -> torch.Tensor:
         sample = self.normal.rsample()
@@ -104,7 +105,7 @@ class ActorCriticAgent(nn.Module):
     def action_dist(self, states: torch.Tensor):
         raw = self.actor(states)
         if self.discrete:
-            return torch.distributions.Categorical(logits=raw.float())
+            return torch.distributions.Categorical(logits=raw.float(), validate_args=False)
         return ContinuousActionDist(raw)
 
     @torch.no_grad()

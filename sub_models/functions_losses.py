@@ -34,7 +34,7 @@ def sample_one_hot_straight_through(logits: torch.Tensor) -> torch.Tensor:
     probs = torch.softmax(logits, dim=-1)
     index = torch.multinomial(probs.reshape(-1, probs.shape[-1]).float(), 1)
     sample = F.one_hot(index.reshape(probs.shape[:-1]), probs.shape[-1]).to(probs.dtype)
-    return sample + probs - probs.detach()
+    return sample + (probs - probs.detach())   # exactly one-hot in value, gradient of probs
 
 
 def categorical_kl(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:

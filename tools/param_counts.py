@@ -1,0 +1,76 @@
+"""Parameter counts of the Atari-size STORM and GIT-STORM world models and of the agent.
+
+    python tools/param_counts.py [--actions 18] [--preset cpu]
+
+Builds the models from config_files/STORM.yaml and GITSTORM.yaml (optionally with a preset)
+for a game with --actions discrete actions (18 = the full Atari action set) and prints the
+counts per part as a Markdown table, plus the MaskGIT / MLP prior size ratio.
+"""
+import argparse
+import os
+import sys
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+from agents import ActorCriticAgent  # noqa: E402
+from config import compose_config  # noqa: E402
+from sub_models.world_models import WorldModel  # noqa: E402
+
+PARTS = (("encoder", "encoder"), ("decoder", "decoder"), ("sequence model (mixer + transformer)", "sequence_model"),
+         ("prior", "prior"), ("reward head", "reward_head"), ("termination head", "termination_head"))
+
+
+def count(module, trainable_only=False):
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def world_model_counts(config_name, action_dim, overrides):
+    cfg = compose_config(config_name, list(overrides))
+    wm = WorldModel(cfg.Models, action_dim, discrete_actions=True)
+    counts = {label: count(getattr(wm, attr)) for label, attr in PARTS}
+    counts["total"] = count(wm)
+    assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
+    return cfg, wm, counts
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--actions", type=int, default=18, help="number of discrete actions (default 18)")
+    parser.add_argument("--preset", default=None, help="config preset, e.g. cpu (default: the paper's sizes)")
+    args = parser.parse_args(argv)
+    overrides = [f"+preset={args.preset}"] if args.preset else []
+
+    storm_cfg, storm, storm_counts = world_model_counts("STORM", args.actions, overrides)
+    _, gitstorm, gitstorm_counts = world_model_counts("GITSTORM", args.actions, overrides)
+
+    size = "paper (Atari)" if not args.preset else f"preset {args.preset}"
+    print(f"World model parameters, {size} sizes, {args.actions} actions\n")
+    print("| part | STORM | GIT-STORM |")
+    print("|---|---:|---:|")
+    for label in [label for label, _ in PARTS] + ["total"]:
+        print(f"| {label} | {storm_counts[label]:,} | {gitstorm_counts[label]:,} |")
+    prior_name = {"STORM": type(storm.prior).__name__, "GIT-STORM": type(gitstorm.prior).__name__}
+    ratio = gitstorm_counts["prior"] / storm_counts["prior"]
+    print(f"\nprior: {prior_name['GIT-STORM']} / {prior_name['STORM']} = "
+          f"{gitstorm_counts['prior']:,} / {storm_counts['prior']:,} = {ratio:.3f}x")
+    total_ratio = gitstorm_counts["total"] / storm_counts["total"]
+    print(f"world model: GIT-STORM / STORM = {total_ratio:.3f}x "
+          f"(+{gitstorm_counts['total'] - storm_counts['total']:,})")
+
+    wm_cfg = storm_cfg.Models.WorldModel
+    state_dim = wm_cfg.CategoricalDim * wm_cfg.ClassDim + wm_cfg.TransformerHiddenDim
+    agent = ActorCriticAgent(storm_cfg.Models.Agent, state_dim, args.actions, discrete_actions=True)
+    print(f"\nAgent (same for both), state [z, h] = {state_dim}, {args.actions} actions\n")
+    print("| part | parameters |")
+    print("|---|---:|")
+    for label, module in (("actor", agent.actor), ("critic", agent.critic), ("slow critic (EMA, not trained)",
+                                                                           agent.slow_critic)):
+        print(f"| {label} | {count(module):,} |")
+    print(f"| total (trained) | {count(agent, trainable_only=True):,} |")
+    print(f"| total (incl. slow critic) | {count(agent):,} |")
+
+
+if __name__ == "__main__":
+    main()
