@@ -16,10 +16,9 @@ import copy
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from sub_models.functions_losses import SymlogTwoHot
-from sub_models.world_models import Imagination, autocast_for
+from sub_models.world_models import Imagination, WorldModel, autocast_for
 
 
 def mlp(in_dim: int, hidden: int, out_dim: int, num_layers: int) -> nn.Sequential:
@@ -59,7 +58,10 @@ class ReturnNormalizer(nn.Module):
     def update(self, returns: torch.Tensor) -> torch.Tensor:
         flat = returns.detach().float().flatten()
         spread = torch.quantile(flat, self.high) - torch.quantile(flat, self.low)
-        self.scale.mul_(self.decay).add_((1 - self.decay) * spread)
+        # A non-finite batch (its update is skipped) must not poison the running scale;
+        # torch.where decides on the device, without a host sync.
+        updated = self.scale * self.decay + (1 - self.decay) * spread
+        self.scale.copy_(torch.where(torch.isfinite(updated), updated, self.scale))
         return torch.clamp(self.scale, min=1.0)
 
 
@@ -167,3 +169,11 @@ class ActorCriticAgent(nn.Module):
             self.update_slow_critic()
         metrics["agent/grad_norm"] = grad_norm.detach()
         return metrics, finite
+
+
+def build_models(cfg, action_dim: int, discrete: bool, device: torch.device, bf16: bool):
+    """The world model and the agent that learns in it, for an action space of `action_dim`."""
+    world_model = WorldModel(cfg.Models, action_dim, discrete, bf16).to(device)
+    state_dim = world_model.latent_dim + cfg.Models.WorldModel.TransformerHiddenDim
+    agent = ActorCriticAgent(cfg.Models.Agent, state_dim, action_dim, discrete, bf16).to(device)
+    return world_model, agent

@@ -294,6 +294,26 @@ def load_config(cfg: DictConfig) -> DictConfig:
     return _select_model_config(cfg, hydra_cfg.job.config_name, list(hydra_cfg.overrides.task))
 
 
+def config_differences(saved: dict, cfg: DictConfig, keys: tuple[str, ...] = ("BasicSettings.env_name",)) -> list[str]:
+    """How `cfg` differs from a checkpoint's stored config, over everything that shapes the
+    model (the whole Models section) and the extra dotted `keys`: one line per key."""
+    current = OmegaConf.to_container(cfg, resolve=True)
+    differences = _diff(saved.get("Models", "<missing>"), current["Models"], "Models")
+    for key in keys:
+        section, name = key.split(".", 1)
+        differences += _diff(saved.get(section, {}).get(name, "<missing>"), current[section][name], key)
+    return differences
+
+
+def _diff(saved, current, prefix: str) -> list[str]:
+    if isinstance(saved, dict) and isinstance(current, dict):
+        out = []
+        for key in sorted(set(saved) | set(current)):
+            out += _diff(saved.get(key, "<missing>"), current.get(key, "<missing>"), f"{prefix}.{key}")
+        return out
+    return [] if saved == current else [f"{prefix}: checkpoint {saved!r}, given {current!r}"]
+
+
 def default_run_name(cfg: DictConfig) -> str:
     """Boxing-STORM-seed_0 for ALE/Boxing-v5; cartpole_balance-GITSTORM-seed_0 for dmc/cartpole_balance."""
     env = cfg.BasicSettings.env_name

@@ -24,13 +24,13 @@ from typing import Callable
 import numpy as np
 import torch
 from hydra.errors import HydraException
-from omegaconf import OmegaConf
 from tqdm import tqdm
 
 from acting import EnvActor
-from config import CONFIG_DIR, ConfigError, compose_config, config_name_from_path
+from config import CONFIG_DIR, ConfigError, compose_config, config_differences, config_name_from_path
 from env_wrapper import make_vector_env
-from utils import action_spec, build_models, load_checkpoint_file, seed_everything, select_device, use_bf16
+from agents import build_models
+from utils import action_spec, load_checkpoint_file, seed_everything, select_device, use_bf16
 
 CSV_FIELDS = ["step", "episode_avg_return", "episode_std", "episode_min", "episode_max", "episodes"]
 # Training seeds env i with Seed + step + i (step <= 500k even on DMC), so evaluation
@@ -137,25 +137,6 @@ def load_weights(path: Path) -> dict:
     if missing:
         raise EvalError(f"{path} is not a weights file written by train.py: missing {', '.join(sorted(missing))}")
     return weights
-
-
-def config_differences(saved: dict, cfg) -> list[str]:
-    """What the evaluation config sets differently from the checkpoint's own config: the
-    model (every Models key), the environment and the acting context length."""
-    current = OmegaConf.to_container(cfg, resolve=True)
-    differences = _diff(saved.get("Models", {}), current["Models"], "Models")
-    for section, key in (("BasicSettings", "env_name"), ("JointTrainAgent", "RealityContextLength")):
-        differences += _diff(saved.get(section, {}).get(key, "<missing>"), current[section][key], f"{section}.{key}")
-    return differences
-
-
-def _diff(saved, current, prefix: str) -> list[str]:
-    if isinstance(saved, dict) and isinstance(current, dict):
-        out = []
-        for key in sorted(set(saved) | set(current)):
-            out += _diff(saved.get(key, "<missing>"), current.get(key, "<missing>"), f"{prefix}.{key}")
-        return out
-    return [] if saved == current else [f"{prefix}: checkpoint {saved!r}, given {current!r}"]
 
 
 # ---------------------------------------------------------------------- results CSV
@@ -298,7 +279,8 @@ def run(args: argparse.Namespace) -> None:
     for step in steps:
         path = available[step]
         weights = load_weights(path)
-        differences = config_differences(weights["config"], cfg)
+        differences = config_differences(weights["config"], cfg,
+                                         ("BasicSettings.env_name", "JointTrainAgent.RealityContextLength"))
         if differences:
             raise EvalError(f"{path} was trained with another configuration than the one given:\n  "
                             + "\n  ".join(differences)

@@ -32,10 +32,11 @@ run can resume without refilling it; `load` is an instance method that fills an 
 constructed buffer and checks that its configuration matches the file.
 """
 import os
-import tempfile
 
 import torch
 from torch import Tensor
+
+from utils import atomic_torch_save
 
 
 class ReplayBuffer:
@@ -228,26 +229,7 @@ class ReplayBuffer:
 
     def save(self, path) -> None:
         """Write the buffer to `path` atomically: a killed process leaves the old file or the new one, never half of one."""
-        path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=os.path.basename(path) + ".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(self.state_dict(), f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp_path, path)
-        except BaseException:
-            if os.path.exists(tmp_path):
-                os.remove(tmp_path)
-            raise
-        # Make the rename itself durable.
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        atomic_torch_save(self.state_dict(), path)
 
     def load(self, path) -> None:
         """Fill this buffer from a file written by `save`; its configuration must match this buffer's."""

@@ -9,8 +9,6 @@ Outputs: TensorBoard events in runs/<n>/, checkpoints in saved_models/<n>/. Re-r
 same command resumes from the latest checkpoint (BasicSettings.Resume=fresh starts over).
 """
 import math
-import shutil
-import sys
 import time
 from pathlib import Path
 
@@ -22,11 +20,12 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from acting import EnvActor
-from config import default_run_name, load_config
+from config import config_differences, default_run_name, load_config
 from env_wrapper import make_vector_env
 from replay_buffer import ReplayBuffer
-from utils import (action_spec, atomic_torch_save, build_models, load_checkpoint_file, rng_state,
-                   seed_everything, select_device, set_rng_state, use_bf16)
+from agents import build_models
+from utils import (action_spec, atomic_torch_save, load_checkpoint_file, rng_state, seed_everything,
+                   select_device, set_rng_state, use_bf16)
 
 CHECKPOINT_GLOB = "checkpoint_*.pt"
 
@@ -111,7 +110,10 @@ class Trainer:
 
     def restore(self, path: Path) -> None:
         state = load_checkpoint_file(path)
-        check_same_run_config(state["config"], self.cfg, path)
+        differences = config_differences(state["config"], self.cfg)
+        if differences:
+            raise ValueError(f"{path} was written with a different configuration:\n  " + "\n  ".join(differences)
+                             + "\nUse the original settings, another BasicSettings.n, or BasicSettings.Resume=fresh.")
         self.world_model.load_state_dict(state["world_model"])
         self.world_model.optimizer.load_state_dict(state["world_model_optimizer"])
         self.agent.load_state_dict(state["agent"])
@@ -230,29 +232,6 @@ class Trainer:
         reconstruction = self.world_model.decode(latents).float().clamp(0, 1)
         pairs = torch.cat([obs[:, :context].float() / 255.0, reconstruction], dim=2)  # real above reconstruction
         writer.add_images("reconstruction/real_over_reconstructed", pairs[:, -1].permute(0, 3, 1, 2).cpu(), self.step)
-
-
-def check_same_run_config(saved: dict, cfg: DictConfig, path: Path) -> None:
-    """A checkpoint resumes only under the same model and environment; run length may change."""
-    current = OmegaConf.to_container(cfg, resolve=True)
-    differences = []
-    for section in ("Models",):
-        differences += _diff(saved.get(section, {}), current[section], section)
-    if saved["BasicSettings"]["env_name"] != current["BasicSettings"]["env_name"]:
-        differences.append(f"BasicSettings.env_name: {saved['BasicSettings']['env_name']!r} -> "
-                           f"{current['BasicSettings']['env_name']!r}")
-    if differences:
-        raise ValueError(f"{path} was written with a different configuration:\n  " + "\n  ".join(differences)
-                         + "\nUse the original settings, another BasicSettings.n, or BasicSettings.Resume=fresh.")
-
-
-def _diff(old, new, prefix):
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for key in sorted(set(old) | set(new)):
-            out += _diff(old.get(key, "<missing>"), new.get(key, "<missing>"), f"{prefix}.{key}")
-        return out
-    return [] if old == new else [f"{prefix}: {old!r} -> {new!r}"]
 
 
 @hydra.main(config_path="config_files", config_name="STORM", version_base=None)

@@ -1,5 +1,5 @@
-"""Helpers shared by train.py and eval.py: device and precision, seeding and RNG state,
-atomic checkpoint files, and building the world model and agent for an action space."""
+"""Helpers shared by train.py, eval.py and the replay buffer: device and precision, seeding
+and RNG state, atomic checkpoint files, action-space sizes."""
 import os
 import random
 import tempfile
@@ -9,8 +9,6 @@ import gymnasium
 import numpy as np
 import torch
 
-from agents import ActorCriticAgent
-from sub_models.world_models import WorldModel
 
 
 def select_device(name: str) -> torch.device:
@@ -68,6 +66,11 @@ def atomic_torch_save(obj, path: Path) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+    directory = os.open(path.parent, os.O_RDONLY)   # make the rename itself durable
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
 
 
 def load_checkpoint_file(path: Path) -> dict:
@@ -84,10 +87,3 @@ def action_spec(space: gymnasium.Space) -> tuple[int, bool]:
     if isinstance(space, gymnasium.spaces.Box) and len(space.shape) == 1:
         return int(space.shape[0]), False
     raise ValueError(f"unsupported action space {space}: expected Discrete or a 1-D Box")
-
-
-def build_models(cfg, action_dim: int, discrete: bool, device: torch.device, bf16: bool):
-    world_model = WorldModel(cfg.Models, action_dim, discrete, bf16).to(device)
-    state_dim = world_model.latent_dim + cfg.Models.WorldModel.TransformerHiddenDim
-    agent = ActorCriticAgent(cfg.Models.Agent, state_dim, action_dim, discrete, bf16).to(device)
-    return world_model, agent

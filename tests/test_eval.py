@@ -15,7 +15,7 @@ import torch
 
 import eval as eval_script
 from config import compose_config
-from utils import build_models
+from agents import build_models
 
 REPO = Path(__file__).resolve().parent.parent
 RUN = "Breakout-STORM-seed_0"          # the name eval_manager.sh looks for

@@ -1,6 +1,5 @@
 """train.py end to end through its command line: a dry run per algorithm, and resuming
 after the process is killed with nothing lost and nothing duplicated."""
-import os
 import signal
 import subprocess
 import sys
@@ -79,7 +78,7 @@ def test_resume_with_another_model_config_is_refused(tmp_path):
                                           "Models.WorldModel.Prior=maskgit"),
                             cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode != 0
-    assert "Models.WorldModel.Prior: 'mlp' -> 'maskgit'" in result.stderr
+    assert "Models.WorldModel.Prior: checkpoint 'mlp', given 'maskgit'" in result.stderr
 
 
 def test_resume_after_kill_loses_and_duplicates_nothing(tmp_path):

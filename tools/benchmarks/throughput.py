@@ -5,6 +5,7 @@ the implied env steps/s of train.py after the warm-up (environment time excluded
     python tools/benchmarks/throughput.py                       # full size (paper config), STORM
     python tools/benchmarks/throughput.py --config GITSTORM --device cuda
     python tools/benchmarks/throughput.py --config GITSTORM --override +preset=cpu
+    python tools/benchmarks/throughput.py --config GITSTORM_DMC --continuous --actions 6
 """
 import argparse
 import sys
@@ -16,7 +17,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from config import compose_config  # noqa: E402
-from utils import build_models, select_device, use_bf16  # noqa: E402
+from agents import build_models  # noqa: E402
+from utils import select_device, use_bf16  # noqa: E402
 
 
 def timed(fn, repeats: int, device: torch.device) -> float:
@@ -36,7 +38,9 @@ def main():
     parser.add_argument("--config", default="STORM", help="config name in config_files/ (STORM, GITSTORM, ...)")
     parser.add_argument("--override", action="append", default=[], help="Hydra override, repeatable")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--actions", type=int, default=18, help="discrete action count (Atari full set: 18)")
+    parser.add_argument("--actions", type=int, default=18,
+                        help="action count (Atari full set: 18) or, with --continuous, action dimensions (walker: 6)")
+    parser.add_argument("--continuous", action="store_true", help="continuous actions in [-1, 1] (DMC)")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
@@ -45,12 +49,14 @@ def main():
     device = select_device(args.device)
     bf16 = use_bf16(cfg.BasicSettings.MixedPrecision, device)
     torch.manual_seed(0)
-    world_model, agent = build_models(cfg, args.actions, True, device, bf16)
+    discrete = not args.continuous
+    world_model, agent = build_models(cfg, args.actions, discrete, device, bf16)
     size = cfg.BasicSettings.ImageSize
 
     def batch(b, t):
-        return (torch.randint(0, 256, (b, t, size, size, 3), dtype=torch.uint8, device=device),
-                torch.randint(0, args.actions, (b, t), device=device),
+        actions = (torch.randint(0, args.actions, (b, t), device=device) if discrete
+                   else torch.rand(b, t, args.actions, device=device) * 2 - 1)
+        return (torch.randint(0, 256, (b, t, size, size, 3), dtype=torch.uint8, device=device), actions,
                 torch.randn(b, t, device=device), torch.zeros(b, t, device=device))
 
     wm_batch = batch(train.BatchSize, train.BatchLength)
