@@ -116,3 +116,28 @@ def test_resume_after_kill_loses_and_duplicates_nothing(tmp_path):
         after = final[name]["state"][0]["step"].item()
         assert before == killed_at - warmup, name
         assert after == before + (200 - killed_at), name
+
+
+def test_non_finite_updates_are_skipped_then_stop_the_run_naming_step_and_loss(tmp_path):
+    from config import compose_config
+    from train import NonFiniteLossError, Trainer
+
+    cfg = compose_config("STORM", TINY + [f"BasicSettings.RunsDir={tmp_path}/runs", "BasicSettings.n=nan",
+                                          f"BasicSettings.CheckpointDir={tmp_path}/saved_models",
+                                          "JointTrainAgent.MaxNonFiniteUpdates=3"])
+    trainer = Trainer(cfg)
+    trainer.step = 1234
+    obs = torch.randint(0, 256, (2, 8, 64, 64, 3), dtype=torch.uint8)
+    actions = torch.zeros(2, 8, dtype=torch.long)
+    rewards = torch.full((2, 8), float("nan"))
+    before = [p.detach().clone() for p in trainer.world_model.parameters()]
+    metrics, finite = trainer.world_model.update(obs, actions, rewards, torch.zeros(2, 8))
+    assert not finite
+    assert all(torch.equal(b, p) for b, p in zip(before, trainer.world_model.parameters()))
+
+    pending = {}
+    trainer.track(metrics, finite, pending)
+    trainer.track(metrics, finite, pending)
+    assert len(pending["health/skipped_updates"]) == 2
+    with pytest.raises(NonFiniteLossError, match=r"step 1234: 3 non-finite updates in a row.*world_model/reward_loss"):
+        trainer.track(metrics, finite, pending)
