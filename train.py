@@ -153,6 +153,7 @@ class Trainer:
 
                 if self.buffer.ready():
                     updates += 1
+                    update_start = time.perf_counter()
                     if updates % train.TrainDynamicsEverySteps == 0:
                         metrics, finite = self.world_model.update(*self.buffer.sample(train.BatchSize, train.BatchLength))
                         self.track(metrics, finite, pending)
@@ -162,6 +163,9 @@ class Trainer:
                                                            train.ImagineBatchLength)
                         metrics, finite = self.agent.update(rollout)
                         self.track(metrics, finite, pending)
+                    # each update ends in a finiteness check that waits for the device, so this is real time
+                    pending.setdefault("time/update_seconds", []).append(
+                        torch.tensor(time.perf_counter() - update_start))
 
                 if self.step - last_log_step >= train.LogEverySteps:
                     now = time.time()

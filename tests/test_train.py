@@ -51,7 +51,8 @@ def test_cli_dry_run_writes_events_and_checkpoints(tmp_path, config_args):
     accumulator.Reload()
     scalars = set(accumulator.Tags()["scalars"])
     for tag in ("world_model/reconstruction_loss", "world_model/dynamics_kl", "world_model/prior_perplexity",
-                "agent/policy_loss", "agent/entropy", "agent/return_scale", "time/env_steps_per_second"):
+                "agent/policy_loss", "agent/entropy", "agent/return_scale", "time/env_steps_per_second",
+                "time/update_seconds"):
         assert tag in scalars
 
     weights = torch.load(checkpoints / "weights_60.pt", weights_only=False)
@@ -61,9 +62,16 @@ def test_cli_dry_run_writes_events_and_checkpoints(tmp_path, config_args):
 
 
 def test_finished_run_says_so_and_fresh_moves_it_aside(tmp_path):
+    # the tests' 16-step pixel game, so that episodes finish and get logged
     command = train_command(tmp_path, "JointTrainAgent.SampleMaxSteps=40", "JointTrainAgent.SaveEverySteps=40",
-                            "BasicSettings.n=again")
+                            "BasicSettings.env_name=gym/tests.pixel_games:PixelSide-v0", "BasicSettings.n=again")
     run(command)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    accumulator = EventAccumulator(str(tmp_path / "runs" / "again"))
+    accumulator.Reload()
+    lengths = [event.value for event in accumulator.Scalars("episode/length")]
+    assert lengths == [16.0, 16.0]        # two whole episodes in 40 steps
+    assert len(accumulator.Scalars("episode/return")) == 2
     second = run(command)
     assert "already reached 40 steps" in second.stdout
     run(command + ["BasicSettings.Resume=fresh"])

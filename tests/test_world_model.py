@@ -30,13 +30,7 @@ LOSS_KEYS = ("total_loss", "reconstruction_loss", "reward_loss", "termination_lo
              "representation_loss", "dynamics_kl", "representation_kl", "prior_perplexity")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two OpenMP threads on two busy cores run these tiny models several times slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @functools.lru_cache(maxsize=None)

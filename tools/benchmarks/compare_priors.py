@@ -50,6 +50,8 @@ def parse_args(argv=None):
     parser.add_argument("--batch-length", type=int, default=16, help="steps per sequence (default 16)")
     parser.add_argument("--preset", default="cpu", help="config preset (default cpu); 'none' = paper sizes")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--override", action="append", default=[],
+                        help="Hydra override applied to both configs, repeatable (e.g. Models.MaskGit.TrainTarget=next)")
     parser.add_argument("--lr", type=float, default=None, help="world-model learning rate (default: the config's)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the env, the batches and the models")
     parser.add_argument("--holdout", type=float, default=0.2, help="fraction of steps held out (default 0.2)")
@@ -88,6 +90,7 @@ def gather(data, starts, length, device):
 
 def build(config_name, args, action_dim):
     overrides = [] if args.preset in (None, "", "none") else [f"+preset={args.preset}"]
+    overrides += args.override
     if args.lr is not None:
         overrides.append(f"Models.WorldModel.LearningRate={args.lr}")
     cfg = compose_config(config_name, overrides)
