@@ -315,9 +315,9 @@ def _diff(saved, current, prefix: str) -> list[str]:
 
 
 def default_run_name(cfg: DictConfig) -> str:
-    """Boxing-STORM-seed_0 for ALE/Boxing-v5; cartpole_balance-GITSTORM-seed_0 for dmc/cartpole_balance."""
+    """Boxing-STORM-seed_0 for ALE/Boxing-v5, cartpole_balance-GITSTORM_DMC-seed_0 for dmc/cartpole_balance."""
     env = cfg.BasicSettings.env_name
-    short = env.split("/", 1)[-1]
+    short = env.split("/", 1)[-1].split(":")[-1]     # gym/<module>:<EnvId> -> <EnvId>
     if env.startswith("ALE/"):
         short = short.rsplit("-v", 1)[0]
     return f"{short}-{cfg.BasicSettings.model}-seed_{cfg.BasicSettings.Seed}"

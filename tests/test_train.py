@@ -149,3 +149,12 @@ def test_non_finite_updates_are_skipped_then_stop_the_run_naming_step_and_loss(t
     assert len(pending["health/skipped_updates"]) == 2
     with pytest.raises(NonFiniteLossError, match=r"step 1234: 3 non-finite updates in a row.*world_model/reward_loss"):
         trainer.track(metrics, finite, pending)
+
+
+def test_hydra_multirun_trains_one_run_per_seed(tmp_path):
+    command = train_command(tmp_path, "BasicSettings.env_name=gym/tests.pixel_games:PixelSide-v0",
+                            "BasicSettings.Seed=0,1", "JointTrainAgent.SampleMaxSteps=40",
+                            f"hydra.sweep.dir={tmp_path}/multirun")
+    run(command[:2] + ["-m"] + command[2:])
+    for seed in (0, 1):
+        assert steps_of(tmp_path / "saved_models" / f"PixelSide-v0-STORM-seed_{seed}", "weights_*.pt") == [40]
