@@ -8,7 +8,6 @@ GITSTORM`) work as usual, and it honours `BasicSettings.config_path`, which the
 authors' release ignored.
 """
 import difflib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -322,5 +321,3 @@ def default_run_name(cfg: DictConfig) -> str:
         short = short.rsplit("-v", 1)[0]
     return f"{short}-{cfg.BasicSettings.model}-seed_{cfg.BasicSettings.Seed}"
 
-
-os.environ.setdefault("HYDRA_FULL_ERROR", "0")

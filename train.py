@@ -42,8 +42,11 @@ class RunDirectories:
         self.logs = Path(cfg.BasicSettings.RunsDir) / self.name
         self.checkpoints = Path(cfg.BasicSettings.CheckpointDir) / self.name
 
+    def checkpoints_by_step(self) -> list[Path]:
+        return sorted(self.checkpoints.glob(CHECKPOINT_GLOB), key=lambda p: int(p.stem.split("_")[-1]))
+
     def latest_checkpoint(self) -> Path | None:
-        found = sorted(self.checkpoints.glob(CHECKPOINT_GLOB), key=lambda p: int(p.stem.split("_")[-1]))
+        found = self.checkpoints_by_step()
         return found[-1] if found else None
 
     def move_aside(self) -> None:
@@ -64,10 +67,9 @@ class Trainer:
         seed_everything(cfg.BasicSettings.Seed)
 
         self.num_envs = train.NumEnvs
-        probe = make_vector_env(cfg.BasicSettings.env_name, 1, cfg.BasicSettings.Seed, training=True,
-                                image_size=cfg.BasicSettings.ImageSize)
-        self.action_space = probe.single_action_space
-        probe.close()
+        self.envs = make_vector_env(cfg.BasicSettings.env_name, self.num_envs, cfg.BasicSettings.Seed,
+                                    training=True, image_size=cfg.BasicSettings.ImageSize)
+        self.action_space = self.envs.single_action_space
         self.action_dim, self.discrete = action_spec(self.action_space)
         self.world_model, self.agent = build_models(cfg, self.action_dim, self.discrete, self.device, self.bf16)
         on_device = train.BufferOnDevice and self.device.type == "cuda"
@@ -99,8 +101,7 @@ class Trainer:
                    "action_dim": self.action_dim, "discrete": self.discrete}
         atomic_torch_save(weights, folder / f"weights_{step}.pt")
         atomic_torch_save(self.state() | {"replay_buffer": f"replay_buffer_{step}.pt"}, folder / f"checkpoint_{step}.pt")
-        kept = sorted(folder.glob(CHECKPOINT_GLOB), key=lambda p: int(p.stem.split("_")[-1]))
-        for old in kept[:-self.cfg.JointTrainAgent.KeepCheckpoints]:
+        for old in self.dirs.checkpoints_by_step()[:-self.cfg.JointTrainAgent.KeepCheckpoints]:
             old.unlink()
         # Only the newest checkpoint keeps its buffer (a full one is ~1.2 GB); resuming always
         # starts from the newest, and weights_<step>.pt of every save stay for eval.py.
@@ -128,18 +129,18 @@ class Trainer:
     # ------------------------------------------------------------------ main loop
     def run(self) -> None:
         cfg, train = self.cfg, self.cfg.JointTrainAgent
-        envs = make_vector_env(cfg.BasicSettings.env_name, self.num_envs,
-                               cfg.BasicSettings.Seed + self.step, training=True, image_size=cfg.BasicSettings.ImageSize)
+        envs = self.envs
         writer = SummaryWriter(str(self.dirs.logs), purge_step=self.step if self.step else None)
         actor = EnvActor(self.world_model, self.agent, self.action_space, self.num_envs, train.RealityContextLength)
-        obs, _ = envs.reset()
+        # A resumed run reseeds with Seed + step so its episodes are not replays of the first ones.
+        obs, _ = envs.reset(seed=cfg.BasicSettings.Seed + self.step)
         pending: dict[str, list[torch.Tensor]] = {}
         last_log_time, last_log_step = time.time(), self.step
         bar = tqdm(total=train.SampleMaxSteps, initial=self.step, desc=self.dirs.name, unit="step",
                    dynamic_ncols=True, disable=None)
         next_save = (self.step // train.SaveEverySteps + 1) * train.SaveEverySteps
         next_video = (self.step // train.VideoEverySteps + 1) * train.VideoEverySteps if train.VideoEverySteps else math.inf
-        updates = 0
+        updates, saved_at = 0, None
         try:
             while self.step < train.SampleMaxSteps:
                 env_action = actor.act(obs, random=not self.buffer.ready())
@@ -179,8 +180,8 @@ class Trainer:
                     next_video += train.VideoEverySteps
                 if self.step >= next_save:
                     self.save()
-                    next_save += train.SaveEverySteps
-            if self.dirs.latest_checkpoint() != self.dirs.checkpoints / f"checkpoint_{self.step}.pt":
+                    saved_at, next_save = self.step, next_save + train.SaveEverySteps
+            if saved_at != self.step:
                 self.save()
         finally:
             bar.close()
@@ -256,6 +257,7 @@ def main(raw_cfg: DictConfig) -> None:
               f"{cfg.Models.WorldModel.Prior}, device {trainer.device}"
               f"{' (bf16)' if trainer.bf16 else ''}; TensorBoard: {trainer.dirs.logs}", flush=True)
     if trainer.step >= cfg.JointTrainAgent.SampleMaxSteps:
+        trainer.envs.close()
         print(f"Run {cfg.BasicSettings.n} already reached {trainer.step} steps "
               f"(JointTrainAgent.SampleMaxSteps={cfg.JointTrainAgent.SampleMaxSteps}); nothing to do.")
         return

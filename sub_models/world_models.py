@@ -221,9 +221,8 @@ class WorldModel(nn.Module):
         batch = obs.shape[0]
         with autocast_for(self.device, self.use_bf16):
             z_context = self.encode(obs)[1]
-            cache = self.sequence_model.start_cache(batch, self.device,
-                                                    torch.bfloat16 if self.use_bf16 and self.device.type == "cuda"
-                                                    else torch.float32)
+            bf16 = self.use_bf16 and self.device.type == "cuda"   # the dtype autocast_for computes in
+            cache = self.sequence_model.start_cache(batch, self.device, torch.bfloat16 if bf16 else torch.float32)
             h = self.sequence_model(z_context, self.action_input(actions), cache)[:, -1]
             z, _ = self.prior.sample(h)
             latents, hiddens, taken, rewards, terminations = [z.flatten(-2)], [h], [], [], []
