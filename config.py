@@ -32,6 +32,7 @@ class BasicSettingsSchema:
     ImageSize: int = MISSING
     Device: str = MISSING
     MixedPrecision: str = MISSING
+    Compile: Optional[bool] = None
     Resume: str = MISSING
     RunsDir: str = MISSING
     CheckpointDir: str = MISSING
@@ -67,6 +68,7 @@ class WorldModelSchema:
     EncoderStages: int = MISSING
     CategoricalDim: int = MISSING
     ClassDim: int = MISSING
+    Latent: str = MISSING
     Unimix: float = MISSING
     StateMixer: str = MISSING
     TransformerMaxLength: int = MISSING
@@ -100,6 +102,7 @@ class MaskGitSchema:
     Dropout: float = MISSING
     MaskSchedule: str = MISSING
     MinMaskRatio: float = MISSING
+    MaskRounding: str = MISSING
     DraftRounds: int = MISSING
     ReviseRounds: int = MISSING
     ReviseRepetitions: int = MISSING
@@ -146,8 +149,10 @@ class RunConfigSchema:
 
 CHOICES = {
     "Models.WorldModel.Prior": ("mlp", "maskgit"),
-    "Models.WorldModel.StateMixer": ("concat", "concat_attn", "cross_attn"),
+    "Models.WorldModel.StateMixer": ("concat", "concat_attn", "cross_attn", "unmixed", "ivideogpt"),
+    "Models.WorldModel.Latent": ("categorical", "vqvae"),
     "Models.MaskGit.MaskSchedule": ("cosine", "linear"),
+    "Models.MaskGit.MaskRounding": ("floor", "ceil"),
     "Models.MaskGit.TrainTarget": ("current", "next"),
     "BasicSettings.MixedPrecision": ("auto", "bf16", "fp32"),
     "BasicSettings.Resume": ("auto", "fresh"),
@@ -171,7 +176,10 @@ def validate(cfg: DictConfig) -> DictConfig:
     Returns the config typed by the schema (ints are ints, floats floats) and read-only
     against new keys, so a typo later in code fails instead of silently reading None.
     """
-    schema = OmegaConf.structured(RunConfigSchema)
+    rem = OmegaConf.select(cfg, "BasicSettings.model", default=None) == "REM"
+    if rem:  # REM (sub_models/rem/) has its own schema and size checks
+        from sub_models.rem.schema import REMConfigSchema
+    schema = OmegaConf.structured(REMConfigSchema if rem else RunConfigSchema)
     try:
         typed = OmegaConf.merge(schema, cfg)
     except ConfigKeyError as error:
@@ -186,6 +194,10 @@ def validate(cfg: DictConfig) -> DictConfig:
     if missing:
         raise ConfigError(f"config keys without a value: {', '.join(missing)}")
     OmegaConf.set_struct(typed, True)
+    if rem:
+        from sub_models.rem.schema import check_rem
+        check_rem(typed, _require)
+        return typed
     _check_choices(typed)
     _check_sizes(typed)
     return typed
@@ -307,10 +319,19 @@ def config_differences(saved: dict, cfg: DictConfig, keys: tuple[str, ...] = ("B
 def _diff(saved, current, prefix: str) -> list[str]:
     if isinstance(saved, dict) and isinstance(current, dict):
         out = []
-        for key in sorted(set(saved) | set(current)):
-            out += _diff(saved.get(key, "<missing>"), current.get(key, "<missing>"), f"{prefix}.{key}")
+        # a key the checkpoint lacks was added to the configs after it was written: the
+        # checkpoint ran with the behaviour that key's default keeps, so it is no difference
+        for key in sorted(saved):
+            out += _diff(saved[key], current.get(key, "<missing>"), f"{prefix}.{key}")
         return out
     return [] if saved == current else [f"{prefix}: checkpoint {saved!r}, given {current!r}"]
+
+
+def stored_config(saved: dict, current: DictConfig) -> DictConfig:
+    """The validated config a checkpoint was written with (its `config` entry); keys added to
+    the schema after it was written take their values from `current`."""
+    merged = OmegaConf.merge(OmegaConf.to_container(current, resolve=True), saved)
+    return validate(merged)
 
 
 def default_run_name(cfg: DictConfig) -> str:

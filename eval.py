@@ -9,8 +9,10 @@ episode_min,episode_max,episodes), rewritten atomically after every checkpoint. 
 already in the CSV are skipped, so a stopped evaluation continues where it stopped;
 `-all` re-evaluates every checkpoint, `-step N` only weights_N.pt.
 
-A run trained with config overrides (e.g. `+preset=cpu`) is evaluated with the same
-overrides appended after the flags: the model config must match the checkpoint's.
+The models are built from the config stored in each weights file, so a run trained with
+overrides (e.g. `+preset=cpu`) needs no retyping of them. If `-config_path` (with any
+overrides after the flags) differs from the stored config, the differing keys are printed
+as a warning and the stored config is used; a different `-env_name` is an error.
 """
 import argparse
 import csv
@@ -27,10 +29,11 @@ from hydra.errors import HydraException
 from tqdm import tqdm
 
 from acting import EnvActor
-from config import CONFIG_DIR, ConfigError, compose_config, config_differences, config_name_from_path
+from config import (CONFIG_DIR, ConfigError, compose_config, config_differences, config_name_from_path,
+                    stored_config)
 from env_wrapper import make_vector_env
 from agents import build_models
-from utils import action_spec, load_checkpoint_file, seed_everything, select_device, use_bf16
+from utils import load_checkpoint_file, seed_everything, select_device, use_bf16
 
 CSV_FIELDS = ["step", "episode_avg_return", "episode_std", "episode_min", "episode_max", "episodes"]
 # Training seeds env i with Seed + step + i (step <= 500k even on DMC), so evaluation
@@ -119,8 +122,8 @@ def find_run(checkpoint_dir: Path, run_name: str) -> Path:
     if run_dir.is_dir():
         return run_dir
     if not checkpoint_dir.is_dir():
-        raise EvalError(f"checkpoint folder {checkpoint_dir} does not exist; run from the folder train.py ran in "
-                        "or pass -checkpoint_dir")
+        raise EvalError(f"no run {run_name!r}: the checkpoint folder {checkpoint_dir} does not exist; run from the "
+                        "folder train.py ran in or pass -checkpoint_dir")
     runs = [p.name for p in checkpoint_dir.iterdir() if p.is_dir()]
     runs.sort(key=lambda name: -difflib.SequenceMatcher(None, run_name, name).ratio())
     listing = f"runs there, nearest first: {', '.join(runs)}" if runs else "it holds no runs"
@@ -133,7 +136,8 @@ def load_weights(path: Path) -> dict:
     except RuntimeError as error:
         raise EvalError(f"{error} (the file is corrupt or incomplete; move it out of the run folder "
                         "to evaluate the other checkpoints)") from None
-    missing = {"step", "world_model", "agent", "config"} - set(weights if isinstance(weights, dict) else ())
+    expected = {"step", "world_model", "agent", "config", "action_dim", "discrete"}
+    missing = expected - set(weights if isinstance(weights, dict) else ())
     if missing:
         raise EvalError(f"{path} is not a weights file written by train.py: missing {', '.join(sorted(missing))}")
     return weights
@@ -247,14 +251,28 @@ def steps_to_evaluate(available: dict[int, Path], done: dict[int, dict], args, c
     return [step for step in available if step not in done]
 
 
+def model_config(weights: dict, given, path: Path, env_name: str):
+    """The config to evaluate `weights` with: the one it was trained with (stored in the file).
+    Keys where -config_path and the overrides differ from it are printed as a warning."""
+    try:
+        cfg = stored_config(weights["config"], given)
+    except (ConfigError, ValueError) as error:
+        raise EvalError(f"{path}: its stored config cannot be read: {error}") from None
+    if cfg.BasicSettings.env_name != env_name:
+        raise EvalError(f"{path} was trained on {cfg.BasicSettings.env_name!r}, not -env_name={env_name!r}")
+    differences = config_differences(weights["config"], given, ("JointTrainAgent.RealityContextLength",))
+    if differences:
+        print(f"warning: {path} was trained with another configuration than the one given; evaluating with "
+              "the stored one:\n  " + "\n  ".join(differences), file=sys.stderr)
+    return cfg
+
+
 def run(args: argparse.Namespace) -> None:
-    cfg = load_eval_config(args.config_path, args.env_name, args.overrides)
-    try:   # one env for the action space; an unknown env name fails here, before anything is loaded
-        probe = make_vector_env(args.env_name, 1, 0, training=False, image_size=cfg.BasicSettings.ImageSize)
+    given = load_eval_config(args.config_path, args.env_name, args.overrides)
+    try:   # one env: an unknown env name fails here, before anything is loaded
+        make_vector_env(args.env_name, 1, 0, training=False, image_size=given.BasicSettings.ImageSize).close()
     except ValueError as error:
         raise EvalError(f"-env_name: {error}") from None
-    action_dim, discrete = action_spec(probe.single_action_space)
-    probe.close()
 
     run_dir = find_run(args.checkpoint_dir, args.run_name)
     available = checkpoint_steps(run_dir)
@@ -270,27 +288,25 @@ def run(args: argparse.Namespace) -> None:
 
     try:
         device = select_device(args.device)
-        bf16 = use_bf16(cfg.BasicSettings.MixedPrecision, device)
     except (ValueError, RuntimeError) as error:
         raise EvalError(f"-device={args.device}: {error}") from None
-    world_model, agent = build_models(cfg, action_dim, discrete, device, bf16)
     print(f"{args.run_name}: evaluating steps {', '.join(map(str, steps))} on {args.env_name}, {args.episodes} "
           f"episodes each on {args.num_envs} envs, device {device}", flush=True)
+    built_for, models = None, None
     for step in steps:
         path = available[step]
         weights = load_weights(path)
-        differences = config_differences(weights["config"], cfg,
-                                         ("BasicSettings.env_name", "JointTrainAgent.RealityContextLength"))
-        if differences:
-            raise EvalError(f"{path} was trained with another configuration than the one given:\n  "
-                            + "\n  ".join(differences)
-                            + "\nPass the run's config (-config_path) and any overrides it was trained with "
-                              "(e.g. +preset=cpu) after the flags.")
+        if weights["config"] != built_for:   # every checkpoint of a run shares one config: built once
+            cfg = model_config(weights, given, path, args.env_name)
+            bf16 = use_bf16(cfg.BasicSettings.MixedPrecision, device)
+            models = build_models(cfg, weights["action_dim"], weights["discrete"], device, bf16)
+            built_for = weights["config"]
+        world_model, agent = models
         try:
             world_model.load_state_dict(weights["world_model"])
             agent.load_state_dict(weights["agent"])
         except RuntimeError as error:
-            raise EvalError(f"{path}: weights do not fit the model built from the config: {error}") from None
+            raise EvalError(f"{path}: weights do not fit the model built from its stored config: {error}") from None
 
         with tqdm(total=args.episodes, desc=f"{args.run_name} step {step}", unit="episode", dynamic_ncols=True,
                   disable=None) as bar:

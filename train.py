@@ -9,7 +9,9 @@ Outputs: TensorBoard events in runs/<n>/, checkpoints in saved_models/<n>/. Re-r
 same command resumes from the latest checkpoint (BasicSettings.Resume=fresh starts over).
 """
 import math
+import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -20,12 +22,12 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from acting import EnvActor
-from config import config_differences, default_run_name, load_config
+from config import ConfigError, config_differences, default_run_name, load_config
 from env_wrapper import make_vector_env
 from replay_buffer import ReplayBuffer
 from agents import build_models
 from utils import (action_spec, atomic_torch_save, load_checkpoint_file, rng_state, seed_everything,
-                   select_device, set_rng_state, use_bf16)
+                   select_device, set_rng_state, use_bf16, use_compile)
 
 CHECKPOINT_GLOB = "checkpoint_*.pt"
 
@@ -58,6 +60,29 @@ class RunDirectories:
                 print(f"Moved {folder} to {target} (BasicSettings.Resume=fresh)")
 
 
+class PhaseTimer:
+    """Wall time of each phase of the loop (acting, env, world-model update, imagination +
+    agent update), summed until `pop`. GPU work is asynchronous: without `sync` its time is
+    billed to whichever phase next waits for the device (acting, which copies the action to
+    the host); with `sync` every phase waits for the device at its end (benchmarks)."""
+
+    def __init__(self, device: torch.device, sync: bool = False):
+        self.sync = sync and device.type == "cuda"
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        yield
+        if self.sync:
+            torch.cuda.synchronize()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+    def pop(self) -> dict[str, float]:
+        seconds, self.seconds = self.seconds, {}
+        return seconds
+
+
 class Trainer:
     def __init__(self, cfg: DictConfig):
         self.cfg, train = cfg, cfg.JointTrainAgent
@@ -72,6 +97,10 @@ class Trainer:
         self.action_space = self.envs.single_action_space
         self.action_dim, self.discrete = action_spec(self.action_space)
         self.world_model, self.agent = build_models(cfg, self.action_dim, self.discrete, self.device, self.bf16)
+        self.compiled = use_compile(cfg.BasicSettings.Compile, self.device)
+        if self.compiled:
+            self.world_model.compile_hot_paths()
+            self.agent.compile_hot_paths()
         on_device = train.BufferOnDevice and self.device.type == "cuda"
         image = (cfg.BasicSettings.ImageSize, cfg.BasicSettings.ImageSize, 3)
         self.buffer = ReplayBuffer(image, () if self.discrete else (self.action_dim,),
@@ -79,8 +108,12 @@ class Trainer:
                                    train.BufferMaxLength, train.BufferWarmUp, self.device, on_device)
         self.step = 0                 # env steps summed over envs
         self.episodes = 0
-        self.non_finite_in_a_row = 0
         self.last_return = float("nan")
+        # Non-finite updates are counted on the device and looked at when logging, so no
+        # update waits for the device to say whether it was finite.
+        self.non_finite_in_a_row = torch.zeros((), dtype=torch.long, device=self.device)
+        self.longest_non_finite_run = torch.zeros((), dtype=torch.long, device=self.device)
+        self.timer = PhaseTimer(self.device)
 
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict:
@@ -120,8 +153,10 @@ class Trainer:
         self.agent.load_state_dict(state["agent"])
         self.agent.optimizer.load_state_dict(state["agent_optimizer"])
         self.buffer.load(path.parent / state["replay_buffer"])
-        if len(self.buffer) != state["step"]:
-            raise RuntimeError(f"{path}: replay buffer holds {len(self.buffer)} steps but the checkpoint is at "
+        # Compare every step ever appended, not len(): the buffer stops growing at capacity.
+        appended = self.buffer.num_appended * self.num_envs
+        if appended != state["step"]:
+            raise RuntimeError(f"{path}: replay buffer has seen {appended} steps but the checkpoint is at "
                                f"step {state['step']}; the run folder is inconsistent")
         self.step, self.episodes, self.last_return = state["step"], state["episodes"], state["last_return"]
         set_rng_state(state["rng"])
@@ -141,12 +176,15 @@ class Trainer:
         next_save = (self.step // train.SaveEverySteps + 1) * train.SaveEverySteps
         next_video = (self.step // train.VideoEverySteps + 1) * train.VideoEverySteps if train.VideoEverySteps else math.inf
         updates, saved_at = 0, None
+        timer = self.timer
         try:
             while self.step < train.SampleMaxSteps:
-                env_action = actor.act(obs, random=not self.buffer.ready())
-                next_obs, reward, terminated, truncated, info = envs.step(env_action)
-                termination = np.logical_or(terminated, info["life_loss"])
-                self.buffer.append(obs, env_action, reward.astype(np.float32), termination)
+                with timer("acting"):
+                    env_action = actor.act(obs, random=not self.buffer.ready())
+                with timer("env"):
+                    next_obs, reward, terminated, truncated, info = envs.step(env_action)
+                    termination = np.logical_or(terminated, info["life_loss"])
+                    self.buffer.append(obs, env_action, reward.astype(np.float32), termination)
                 obs = next_obs
                 self.step += self.num_envs
                 bar.update(self.num_envs)
@@ -154,24 +192,24 @@ class Trainer:
 
                 if self.buffer.ready():
                     updates += 1
-                    update_start = time.perf_counter()
                     if updates % train.TrainDynamicsEverySteps == 0:
-                        metrics, finite = self.world_model.update(*self.buffer.sample(train.BatchSize, train.BatchLength))
-                        self.track(metrics, finite, pending)
+                        with timer("world_model_update"):
+                            batch = self.buffer.sample(train.BatchSize, train.BatchLength)
+                            self.track(*self.world_model.update(*batch), pending)
                     if updates % train.TrainAgentEverySteps == 0:
-                        context_batch = self.buffer.sample(train.ImagineBatchSize, train.ImagineContextLength)
-                        rollout = self.world_model.imagine(context_batch[0], context_batch[1], self.agent.policy,
-                                                           train.ImagineBatchLength)
-                        metrics, finite = self.agent.update(rollout)
-                        self.track(metrics, finite, pending)
-                    # each update ends in a finiteness check that waits for the device, so this is real time
-                    pending.setdefault("time/update_seconds", []).append(
-                        torch.tensor(time.perf_counter() - update_start))
+                        with timer("imagination_and_agent_update"):
+                            context_obs, context_actions, _, _ = self.buffer.sample(train.ImagineBatchSize,
+                                                                                    train.ImagineContextLength)
+                            rollout = self.world_model.imagine(context_obs, context_actions, self.agent.policy,
+                                                               train.ImagineBatchLength)
+                            self.track(*self.agent.update(rollout), pending)
 
                 if self.step - last_log_step >= train.LogEverySteps:
                     now = time.time()
-                    pending.setdefault("time/env_steps_per_second", []).append(
-                        torch.tensor((self.step - last_log_step) / (now - last_log_time)))
+                    steps = self.step - last_log_step
+                    pending["time/env_steps_per_second"] = [torch.tensor(steps / (now - last_log_time))]
+                    for phase, seconds in timer.pop().items():
+                        pending[f"time/{phase}_ms_per_env_step"] = [torch.tensor(1e3 * seconds / steps)]
                     self.flush(pending, writer)
                     last_log_time, last_log_step = now, self.step
                     bar.set_postfix(episode_return=f"{self.last_return:.1f}", episodes=self.episodes)
@@ -199,35 +237,58 @@ class Trainer:
             writer.add_scalar("episode/return", self.last_return, self.step)
             writer.add_scalar("episode/length", float(final["episode"]["l"][i]), self.step)
 
-    def track(self, metrics: dict, finite: bool, pending: dict) -> None:
-        if finite:
-            self.non_finite_in_a_row = 0
-            for key, value in metrics.items():
-                pending.setdefault(key, []).append(value)
-            return
-        self.non_finite_in_a_row += 1
-        bad = [k for k, v in metrics.items() if not torch.isfinite(v).all()]
-        pending.setdefault("health/skipped_updates", []).append(torch.tensor(1.0))
-        tqdm.write(f"step {self.step}: non-finite {', '.join(bad)}; update skipped")
-        if self.non_finite_in_a_row >= self.cfg.JointTrainAgent.MaxNonFiniteUpdates:
-            raise NonFiniteLossError(f"step {self.step}: {self.non_finite_in_a_row} non-finite updates in a row "
-                                     f"(last: {', '.join(bad)}); stopping. Resume from the last checkpoint in "
+    def track(self, metrics: dict, finite: torch.Tensor, pending: dict) -> None:
+        """Keep an update's figures for the next log; count skipped (non-finite) updates on the device."""
+        for key, value in metrics.items():
+            pending.setdefault(key, []).append(value)
+        pending.setdefault("health/skipped_updates", []).append((~finite).float())
+        self.non_finite_in_a_row = torch.where(finite, 0, self.non_finite_in_a_row + 1)
+        self.longest_non_finite_run = torch.maximum(self.longest_non_finite_run, self.non_finite_in_a_row)
+
+    def check_health(self, pending: dict) -> None:
+        """Stop the run if MaxNonFiniteUpdates updates in a row were skipped since the last log
+        (the weights never took those steps), naming the figures that were not finite."""
+        longest = int(self.longest_non_finite_run)
+        if longest >= self.cfg.JointTrainAgent.MaxNonFiniteUpdates:
+            bad = [k for k, values in pending.items() if not all(bool(torch.isfinite(v).all()) for v in values)]
+            raise NonFiniteLossError(f"step {self.step}: {longest} non-finite updates in a row "
+                                     f"(non-finite: {', '.join(bad)}); stopping. Resume from the last checkpoint in "
                                      f"{self.dirs.checkpoints} after lowering the learning rate or checking the data.")
 
     def flush(self, pending: dict, writer: SummaryWriter) -> None:
+        """Write the mean of every figure since the last log; figures of skipped updates (not
+        finite) are left out of the means and counted in health/skipped_updates."""
+        self.check_health(pending)
+        self.longest_non_finite_run.copy_(self.non_finite_in_a_row)
+        skipped = 0
         for key, values in pending.items():
-            writer.add_scalar(key, torch.stack([v.float().cpu() for v in values]).mean().item(), self.step)
+            stacked = torch.stack([v.detach().float() for v in values]).cpu()
+            finite = stacked[torch.isfinite(stacked)]
+            if key == "health/skipped_updates":
+                skipped = int(stacked.sum())
+                writer.add_scalar(key, float(skipped), self.step)
+            elif finite.numel():
+                writer.add_scalar(key, finite.mean().item(), self.step)
+        if skipped:
+            tqdm.write(f"step {self.step}: {skipped} update(s) since the last log skipped (non-finite loss or gradient)")
         writer.add_scalar("buffer/size", len(self.buffer), self.step)
         pending.clear()
 
     @torch.no_grad()
     def log_video(self, writer: SummaryWriter) -> None:
-        """Imagined rollout (same real actions, open loop) beside the real frames, and reconstructions."""
+        """Imagined rollout (same real actions, open loop) beside the real frames, and reconstructions.
+        Drawn from a generator of its own (seeded by Seed and step), so turning videos on or off
+        leaves the training run's random stream, and so the run, unchanged."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.cfg.BasicSettings.Seed + self.step)
+            self._log_video(writer)
+
+    def _log_video(self, writer: SummaryWriter) -> None:
         train = self.cfg.JointTrainAgent
         context, horizon = train.ImagineContextLength, train.ImagineBatchLength
         obs, actions, _, _ = self.buffer.sample(4, context + horizon)
-        replay = iter(actions[:, context:].unbind(1))
-        rollout = self.world_model.imagine(obs[:, :context], actions[:, :context], lambda z, h: next(replay), horizon)
+        rollout = self.world_model.imagine(obs[:, :context], actions[:, :context], actions[:, context:], horizon)
         predicted = self.world_model.decode(rollout.latents[:, 1:].unflatten(-1, (self.world_model.num_variables,
                                                                                    self.world_model.num_classes)))
         real = obs[:, context:].float() / 255.0
@@ -241,7 +302,11 @@ class Trainer:
 
 @hydra.main(config_path="config_files", config_name="STORM", version_base=None)
 def main(raw_cfg: DictConfig) -> None:
-    cfg = load_config(raw_cfg)
+    try:
+        cfg = load_config(raw_cfg)
+    except ConfigError as error:   # one clear line, no traceback (Hydra would print one and a hint)
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     if cfg.BasicSettings.n is None:
         cfg.BasicSettings.n = default_run_name(cfg)
     trainer = Trainer(cfg)

@@ -10,7 +10,6 @@ import numpy as np
 import torch
 
 
-
 def select_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -27,6 +26,11 @@ def use_bf16(mixed_precision: str, device: torch.device) -> bool:
     if mixed_precision == "bf16" and not supported:
         raise ValueError(f"BasicSettings.MixedPrecision=bf16 needs a CUDA GPU with bf16 support; device is {device}")
     return supported
+
+
+def use_compile(setting: bool | None, device: torch.device) -> bool:
+    """BasicSettings.Compile: None means on for CUDA (where launch overhead dominates), off for CPU."""
+    return device.type == "cuda" if setting is None else bool(setting)
 
 
 def seed_everything(seed: int) -> None:

@@ -30,10 +30,13 @@ def unimix_logits(logits: torch.Tensor, mix: float) -> torch.Tensor:
 
 
 def sample_one_hot_straight_through(logits: torch.Tensor) -> torch.Tensor:
-    """One-hot sample of Categorical(logits) whose gradient is that of the probabilities."""
+    """One-hot sample of Categorical(logits) whose gradient is that of the probabilities.
+
+    Gumbel-max (argmax of logits + Gumbel noise) draws from the same distribution as
+    torch.multinomial, batched and without multinomial's host-side input checks."""
     probs = torch.softmax(logits, dim=-1)
-    index = torch.multinomial(probs.reshape(-1, probs.shape[-1]).float(), 1)
-    sample = F.one_hot(index.reshape(probs.shape[:-1]), probs.shape[-1]).to(probs.dtype)
+    gumbel = -torch.empty_like(logits).exponential_().log()
+    sample = F.one_hot((logits + gumbel).argmax(-1), probs.shape[-1]).to(probs.dtype)
     return sample + (probs - probs.detach())   # exactly one-hot in value, gradient of probs
 
 

@@ -17,7 +17,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sub_models.functions_losses import SymlogTwoHot, sample_one_hot_straight_through, unimix_logits
+from sub_models.functions_losses import SymlogTwoHot
+from sub_models.latents import build_latent
+from sub_models.optim import guarded_step, make_adam
 from sub_models.priors import build_prior
 from sub_models.transformer_model import StochasticTransformer
 
@@ -43,14 +45,16 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """z (K*C) -> Linear (no bias) + BN + ReLU -> 4x4 -> [ConvT k4 s2 p1 + BN + ReLU]* -> ConvT -> image."""
+    """z (K*C) -> Linear (no bias) -> top x 4 x 4 -> BN + ReLU -> [ConvT k4 s2 p1 + BN + ReLU]* -> ConvT -> image.
+
+    The first BatchNorm is 2-D over the `top` channels (statistics shared by the 16
+    positions), as in the authors' decoder."""
 
     def __init__(self, out_channels: int, base_channels: int, stages: int, num_variables: int, num_classes: int):
         super().__init__()
         top = base_channels * 2 ** (stages - 1)
-        self.from_latent = nn.Sequential(nn.Linear(num_variables * num_classes, top * 16, bias=False),
-                                         nn.BatchNorm1d(top * 16), nn.ReLU())
-        layers, channels = [], top
+        self.from_latent = nn.Linear(num_variables * num_classes, top * 16, bias=False)
+        layers, channels = [nn.BatchNorm2d(top), nn.ReLU()], top
         for _ in range(stages - 1):
             layers += [nn.ConvTranspose2d(channels, channels // 2, 4, 2, 1, bias=False),
                        nn.BatchNorm2d(channels // 2), nn.ReLU()]
@@ -61,7 +65,7 @@ class Decoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         # z: (N, K, C) -> reconstruction (N, H, W, 3) in the units of obs/255
-        x = self.from_latent(z.flatten(1)).view(-1, self.top, 4, 4)
+        x = self.from_latent(z.flatten(1)).view(-1, self.top, 4, 4)    # (N, top, 4, 4)
         return self.deconvs(x).permute(0, 2, 3, 1)
 
 
@@ -80,6 +84,9 @@ class Imagination(NamedTuple):
     terminations: torch.Tensor  # (B, H)  1.0 if that transition ends the episode
 
 
+Policy = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 def autocast_for(device: torch.device, use_bf16: bool):
     if use_bf16 and device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
@@ -94,6 +101,8 @@ class WorldModel(nn.Module):
         self.action_dim, self.discrete_actions, self.use_bf16 = action_dim, discrete_actions, use_bf16
         self.num_variables, self.num_classes = wm.CategoricalDim, wm.ClassDim
         self.encoder = Encoder(wm.InChannels, wm.EncoderBaseChannels, wm.EncoderStages, wm.CategoricalDim, wm.ClassDim)
+        # q(z|o) on the encoder's K x C features: categorical or VQ-VAE (sub_models/latents.py)
+        self.encoder.latent = build_latent(wm.Latent, wm.CategoricalDim, wm.ClassDim, wm.Unimix)
         self.decoder = Decoder(wm.InChannels, wm.EncoderBaseChannels, wm.EncoderStages, wm.CategoricalDim, wm.ClassDim)
         self.sequence_model = StochasticTransformer(
             wm.CategoricalDim, wm.ClassDim, action_dim, wm.TransformerHiddenDim, wm.TransformerNumLayers,
@@ -102,7 +111,7 @@ class WorldModel(nn.Module):
         self.reward_head = mlp_head(wm.TransformerHiddenDim, wm.HeadHiddenDim, wm.RewardBins)
         self.termination_head = mlp_head(wm.TransformerHiddenDim, wm.HeadHiddenDim, 1)
         self.reward_codec = SymlogTwoHot(wm.RewardBins, wm.RewardLow, wm.RewardHigh)
-        self.optimizer = torch.optim.Adam(self.parameters(), lr=wm.LearningRate, eps=wm.AdamEps)
+        self.optimizer = make_adam(self.parameters(), wm.LearningRate, wm.AdamEps)
 
     @property
     def device(self) -> torch.device:
@@ -113,18 +122,21 @@ class WorldModel(nn.Module):
         return self.num_variables * self.num_classes
 
     def action_input(self, action: torch.Tensor) -> torch.Tensor:
-        """Discrete action indices -> one-hot; continuous vectors pass through."""
+        """Discrete action indices -> one-hot; continuous actions are clipped to the action box
+        [-1, 1], as the environment executes them (the policy's Normal draw is unbounded)."""
         if self.discrete_actions:
             return F.one_hot(action.long(), self.action_dim).float()
-        return action.float()
+        return action.float().clamp(-1.0, 1.0)
 
-    def encode(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, obs: torch.Tensor, return_terms: bool = False):
         """obs (..., H, W, 3) uint8 -> (posterior log-probs (..., K, C), one-hot sample (..., K, C))
-        whose gradient flows to the encoder (straight-through)."""
+        whose gradient flows to the encoder (straight-through); with return_terms also a dict of
+        the latent's extra loss ("loss", VQ-VAE only) and figures (sub_models/latents.py)."""
         lead = obs.shape[:-3]
-        logits = unimix_logits(self.encoder(obs.reshape(-1, *obs.shape[-3:])).float(), self.cfg.Unimix)
-        sample = sample_one_hot_straight_through(logits)
-        return logits.reshape(*lead, *logits.shape[1:]), sample.reshape(*lead, *sample.shape[1:])
+        features = self.encoder(obs.reshape(-1, *obs.shape[-3:])).float()
+        logits, sample = self.encoder.latent(features)
+        out = logits.reshape(*lead, *logits.shape[1:]), sample.reshape(*lead, *sample.shape[1:])
+        return (*out, self.encoder.latent.terms(features, sample)) if return_terms else out
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """z (..., K, C) -> images (..., H, W, 3) in [0, 1] units (unclipped)."""
@@ -139,7 +151,7 @@ class WorldModel(nn.Module):
         and z_{t+1}. Returns the total loss and detached per-term figures.
         """
         cfg = self.cfg
-        posterior_logits, z = self.encode(obs)                              # (B, T, K, C)
+        posterior_logits, z, latent_terms = self.encode(obs, return_terms=True)   # (B, T, K, C)
         reconstruction = self.decode(z)
         target = obs.float() / 255.0
         reconstruction_loss = (reconstruction.float() - target).pow(2).sum((-3, -2, -1)).mean()
@@ -156,10 +168,12 @@ class WorldModel(nn.Module):
         else:                     # the authors' code: max(1, mean KL)
             dynamics_loss = kl.dynamics_kl.mean().clamp(min=cfg.FreeBits)
             representation_loss = kl.representation_kl.mean().clamp(min=cfg.FreeBits)
+        if self.encoder.latent.deterministic:   # VQ-VAE: no representation KL for a point mass; the
+            representation_loss = torch.zeros_like(representation_loss)   # VQ losses stand in (latents.py)
 
         total = (cfg.ReconstructionWeight * reconstruction_loss + cfg.RewardWeight * reward_loss
                  + cfg.TerminationWeight * termination_loss + cfg.DynamicsWeight * dynamics_loss
-                 + cfg.RepresentationWeight * representation_loss)
+                 + cfg.RepresentationWeight * representation_loss + latent_terms.pop("loss", 0.0))
 
         # Perplexity of the posterior's z_{t+1} tokens under the prior (paper appendix K),
         # over the tokens the prior was asked to predict.
@@ -170,23 +184,19 @@ class WorldModel(nn.Module):
             "world_model/reward_loss": reward_loss, "world_model/termination_loss": termination_loss,
             "world_model/dynamics_loss": dynamics_loss, "world_model/representation_loss": representation_loss,
             "world_model/dynamics_kl": kl.dynamics_kl.mean(), "world_model/representation_kl": kl.representation_kl.mean(),
-            "world_model/prior_perplexity": prior_perplexity,
+            "world_model/prior_perplexity": prior_perplexity, **latent_terms,
         }
         return total, {k: v.detach() for k, v in metrics.items()}
 
-    def update(self, obs, actions, rewards, terminations) -> tuple[dict, bool]:
-        """One Adam step on a batch. Returns (figures, finite); a non-finite loss or gradient
-        skips the step so one bad batch cannot poison the weights."""
+    def update(self, obs, actions, rewards, terminations) -> tuple[dict, torch.Tensor]:
+        """One Adam step on a batch. Returns (figures, finite): a non-finite loss or gradient
+        skips the step so one bad batch cannot poison the weights; `finite` is a 0-dim bool
+        tensor decided on the device (no host sync)."""
         self.train()
         with autocast_for(self.device, self.use_bf16):
             total, metrics = self.loss(obs, actions, rewards, terminations)
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        grad_norm = nn.utils.clip_grad_norm_(self.parameters(), self.cfg.MaxGradNorm)
-        finite = bool(torch.isfinite(grad_norm) & torch.isfinite(total))
-        if finite:
-            self.optimizer.step()
-        metrics["world_model/grad_norm"] = grad_norm.detach()
+        grad_norm, finite = guarded_step(self.optimizer, total, self.cfg.MaxGradNorm)
+        metrics["world_model/grad_norm"] = grad_norm
         return metrics, finite
 
     @torch.no_grad()
@@ -207,17 +217,28 @@ class WorldModel(nn.Module):
         with autocast_for(self.device, self.use_bf16):
             return self.encode(obs)[1].float()
 
-    @torch.no_grad()
-    def imagine(self, obs, actions, policy: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                horizon: int) -> Imagination:
-        """Roll out `horizon` steps from real context sequences.
+    def compile_hot_paths(self) -> None:
+        """torch.compile the training loss (forward and backward) and the imagination rollout,
+        each as one graph (BasicSettings.Compile). The eager methods are replaced in place."""
+        self.loss = torch.compile(self.loss, fullgraph=True)
+        self.rollout = torch.compile(self.rollout, fullgraph=True)
+
+    def imagine(self, obs, actions, policy: Policy | torch.Tensor, horizon: int) -> Imagination:
+        """Roll out `horizon` steps from real context sequences, in eval mode.
 
         obs (B, C, H, W, 3) uint8 and actions (B, C[, A]) are encoded and fed through the
         transformer, filling its key/value cache; then per step the policy picks a_l from
         s_l = [z_l, h_l], the transformer consumes (z_l, a_l) as one new step and the heads
-        predict r_l, c_l and z_{l+1}. Everything stays on the device.
+        predict r_l, c_l and z_{l+1}. Everything stays on the device. `policy` is a callable
+        (z (B, K*C), h (B, D)) -> action, or a tensor (B, horizon[, A]) of actions to replay
+        open loop (videos, video prediction).
         """
         self.eval()
+        return self.rollout(obs, actions, policy, horizon)
+
+    @torch.no_grad()
+    def rollout(self, obs, actions, policy: Policy | torch.Tensor, horizon: int) -> Imagination:
+        """`imagine` without the switch to eval mode: the function BasicSettings.Compile compiles."""
         batch = obs.shape[0]
         with autocast_for(self.device, self.use_bf16):
             z_context = self.encode(obs)[1]
@@ -227,7 +248,7 @@ class WorldModel(nn.Module):
             z, _ = self.prior.sample(h)
             latents, hiddens, taken, rewards, terminations = [z.flatten(-2)], [h], [], [], []
             for _ in range(horizon):
-                action = policy(z.flatten(-2).float(), h.float())
+                action = policy(z.flatten(-2).float(), h.float()) if callable(policy) else policy[:, len(taken)]
                 h = self.sequence_model(z[:, None], self.action_input(action)[:, None], cache)[:, 0]
                 rewards.append(self.reward_codec.decode(self.reward_head(h)))
                 terminations.append((self.termination_head(h).squeeze(-1) > 0).float())

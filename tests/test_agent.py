@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from agents import ActorCriticAgent, ContinuousActionDist, ReturnNormalizer, lambda_returns
+from agents import ActorCriticAgent, ContinuousActionDist, ReturnNormalizer, lambda_returns, percentile
 from config import compose_config
 from sub_models.world_models import Imagination
 
@@ -96,11 +96,18 @@ def test_lambda_returns_paper_constants_batched():
 
 
 # ----------------------------------------------------------------------------- return normaliser
-def test_torch_quantile_interpolation_is_the_one_assumed():
+def test_percentile_interpolates_linearly_like_torch_quantile():
     # Linear interpolation at position q*(n-1): for [0, 10], P5 = 0.05*10 = 0.5, P95 = 9.5.
     x = torch.tensor([10.0, 0.0])
-    assert torch.quantile(x, 0.05).item() == pytest.approx(0.5, abs=1e-6)
-    assert torch.quantile(x, 0.95).item() == pytest.approx(9.5, abs=1e-6)
+    assert percentile(x, 0.05).item() == pytest.approx(0.5, abs=1e-6)
+    assert percentile(x, 0.95).item() == pytest.approx(9.5, abs=1e-6)
+    # [0, 1, 4, 9, 16]: q = 0.3 -> position 1.2 -> 1 + 0.2*(4 - 1) = 1.6; q = 1 -> 16; q = 0 -> 0
+    y = torch.tensor([16.0, 1.0, 9.0, 0.0, 4.0])
+    assert percentile(y, 0.3).item() == pytest.approx(1.6, abs=1e-6)
+    assert percentile(y, 1.0).item() == 16.0 and percentile(y, 0.0).item() == 0.0
+    z = torch.randn(7, 11, generator=torch.Generator().manual_seed(0))
+    for q in (0.05, 0.5, 0.95):
+        assert percentile(z, q).item() == pytest.approx(torch.quantile(z.flatten(), q).item(), abs=1e-6)
 
 
 def test_return_normalizer_known_batch():
@@ -111,16 +118,26 @@ def test_return_normalizer_known_batch():
     order = torch.randperm(101, generator=torch.Generator().manual_seed(0))
     returns = torch.arange(101.0)[order].reshape(1, 101)
 
-    divisor = norm.update(returns)
+    taken = torch.tensor(True)
+
+    def update(returns):
+        scale = norm.next_scale(returns)
+        norm.commit(scale, taken)
+        return norm.divisor(scale)
+
+    divisor = update(returns)
     # scale = 0.99*0 + 0.01*90 = 0.9; divisor = max(1, 0.9) = 1
     assert norm.scale.item() == pytest.approx(0.9, abs=1e-6)
     assert divisor.item() == 1.0
-    divisor = norm.update(returns)
+    divisor = update(returns)
     # scale = 0.99*0.9 + 0.9 = 1.791 > 1, so it is the divisor
     assert norm.scale.item() == pytest.approx(1.791, abs=1e-5)
     assert divisor.item() == pytest.approx(1.791, abs=1e-5)
+    # a skipped update leaves the running scale alone
+    norm.commit(norm.next_scale(returns), torch.tensor(False))
+    assert norm.scale.item() == pytest.approx(1.791, abs=1e-5)
     for _ in range(998):
-        divisor = norm.update(returns)
+        divisor = update(returns)
     # after n updates scale = 90*(1 - 0.99^n); n = 1000: 90*(1 - 4.317e-5) = 89.9961
     assert divisor.item() == pytest.approx(90 * (1 - 0.99 ** 1000), abs=1e-3)
     assert 89.99 < divisor.item() < 90.0
@@ -153,12 +170,13 @@ def snapshot(module):
 
 
 def count_slow_critic_updates(agent):
+    """Record, per call of update_slow_critic, whether it was told the step was taken."""
     calls = []
     original = agent.update_slow_critic
 
-    def counting():
-        calls.append(1)
-        original()
+    def counting(step_taken=None):
+        calls.append(True if step_taken is None else bool(step_taken))
+        original(step_taken)
 
     agent.update_slow_critic = counting
     return calls
@@ -169,7 +187,7 @@ def test_update_steps_and_moves_slow_critic_once():
     calls = count_slow_critic_updates(agent)
     before_actor, before_critic, before_slow = snapshot(agent.actor), snapshot(agent.critic), snapshot(agent.slow_critic)
     metrics, finite = agent.update(rollout())
-    assert finite is True and len(calls) == 1
+    assert bool(finite) and calls == [True]
     assert any(not torch.equal(before_actor[k], v) for k, v in agent.actor.state_dict().items())
     assert any(not torch.equal(before_critic[k], v) for k, v in agent.critic.state_dict().items())
     # slow <- 0.98 slow + 0.02 critic_after_step, checked on every tensor
@@ -178,7 +196,7 @@ def test_update_steps_and_moves_slow_critic_once():
             expected = 0.98 * before_slow[name] + 0.02 * agent.critic.state_dict()[name]
             torch.testing.assert_close(slow, expected, rtol=0, atol=1e-6)
     agent.update(rollout(seed=2))
-    assert len(calls) == 2
+    assert calls == [True, True]
 
 
 def test_non_finite_update_changes_nothing():
@@ -192,8 +210,8 @@ def test_non_finite_update_changes_nothing():
     bad_rewards = torch.randn(2, 3)
     bad_rewards[1, 2] = float("nan")
     metrics, finite = agent.update(rollout(rewards=bad_rewards, seed=3))
-    assert finite is False
-    assert calls == []
+    assert not bool(finite)
+    assert calls == [False]
     after = agent.state_dict()
     changed = [k for k, v in state.items() if not torch.equal(v, after[k])]
     # Weights, slow critic and the return normaliser's running scale must all be as before:
@@ -207,7 +225,23 @@ def test_non_finite_update_changes_nothing():
 
     # ... and the next good rollout trains normally again.
     metrics, finite = agent.update(rollout(seed=4))
-    assert finite is True and len(calls) == 1
+    assert bool(finite) and calls == [False, True]
+
+
+def test_skipped_update_with_finite_returns_leaves_return_scale_alone():
+    # A NaN in the actor makes the policy loss (and the gradient) non-finite while the critic,
+    # and so the lambda-returns and their percentile range, stay finite: the running scale must
+    # still not move, because the update that computed it is not taken.
+    agent = make_agent()
+    agent.update(rollout(rewards=10 * torch.randn(2, 3)))
+    before = agent.return_normalizer.scale.clone()
+    assert before.item() > 0
+    with torch.no_grad():
+        agent.actor[-1].bias[0] = float("nan")
+    metrics, finite = agent.update(rollout(rewards=10 * torch.randn(2, 3), seed=5))
+    assert not bool(finite)
+    assert torch.isfinite(metrics["agent/return_scale"]) and metrics["agent/return_scale"] != before
+    assert torch.equal(agent.return_normalizer.scale, before)
 
 
 # ----------------------------------------------------------------------------- critic targets
@@ -301,8 +335,8 @@ def test_continuous_loss_uses_continuous_entropy_coefficient():
 # ----------------------------------------------------------------------------- continuous actor
 def test_continuous_distribution_hand_values():
     dist = ContinuousActionDist(torch.zeros(3, 4))           # 2 action dims, mean 0, std 1.1
-    assert torch.allclose(dist.normal.loc, torch.zeros(3, 2))
-    assert torch.allclose(dist.normal.scale, torch.full((3, 2), 1.1))
+    assert torch.allclose(dist.mean, torch.zeros(3, 2))
+    assert torch.allclose(dist.std, torch.full((3, 2), 1.1))
     lp = dist.log_prob(torch.full((3, 2), 0.5))
     torch.testing.assert_close(lp, torch.full((3,), -2.2351090), rtol=0, atol=1e-5)
     torch.testing.assert_close(dist.entropy(), torch.full((3,), 3.0284974), rtol=0, atol=1e-5)
@@ -310,28 +344,53 @@ def test_continuous_distribution_hand_values():
     # mean_raw = atanh(0.5) = 0.5493061 -> mean 0.5; std_raw = 2 ln(1/3) -> sigmoid = 1/4 -> std 0.6.
     raw = torch.tensor([[0.5493061, 2 * math.log(1 / 3)]])
     dist = ContinuousActionDist(raw)
-    assert dist.normal.loc.item() == pytest.approx(0.5, abs=1e-6)
-    assert dist.normal.scale.item() == pytest.approx(0.6, abs=1e-6)
+    assert dist.mean.item() == pytest.approx(0.5, abs=1e-6)
+    assert dist.std.item() == pytest.approx(0.6, abs=1e-6)
     # log N(0.5; 0.5, 0.6) = -ln 0.6 - 0.5 ln 2pi = 0.5108256 - 0.9189385 = -0.4081129
     assert dist.log_prob(torch.tensor([[0.5]])).item() == pytest.approx(-0.4081129, abs=1e-6)
 
 
-def test_continuous_samples_clipped_with_straight_through_gradient():
+def reinforce_gradient_of_mean(std: float, num_samples: int) -> float:
+    """d/d mean of E[clip(x)], x ~ N(0, std), estimated the way agent.loss does it: draw the
+    actions with the policy's sampler, score them with log_prob, reward = clipped action."""
+    torch.manual_seed(0)
+    mean_raw = torch.zeros((), requires_grad=True)
+    std_raw = 2 * math.log((std - 0.1) / 2 / (1 - (std - 0.1) / 2))      # 2 sigmoid(std_raw / 2) + 0.1 = std
+    raw = torch.stack([mean_raw.expand(num_samples), torch.full((num_samples,), std_raw)], dim=-1)
+    dist = ContinuousActionDist(raw)
+    assert dist.std[0].item() == pytest.approx(std, abs=1e-6)
+    action = dist.sample().detach()                                       # what imagination stores
+    reward = action.clamp(-1, 1).squeeze(-1)                              # what the env executes
+    (reward * dist.log_prob(action)).mean().backward()                    # REINFORCE surrogate
+    return mean_raw.grad.item()   # d mean / d mean_raw = 1 - tanh(0)^2 = 1
+
+
+@pytest.mark.parametrize("std", [1.1, 0.6])
+def test_continuous_reinforce_gradient_matches_closed_form(std):
+    # E[clip(x)] for x ~ N(m, s): its derivative in m is P(-1 < x < 1) (the clipped tails are
+    # flat), at m = 0: 2 Phi(1/s) - 1 = erf(1 / (s sqrt 2)). s = 1.1: 0.6367; s = 0.6: 0.9044.
+    exact = math.erf(1 / (std * math.sqrt(2)))
+    estimate = reinforce_gradient_of_mean(std, 400_000)
+    # The score-function estimate has standard deviation about 1.2/sqrt(400k) = 0.002; scoring
+    # the clipped action instead (log N(clip(x))) gives about 0.45 at s = 1.1 (30% too small).
+    assert estimate == pytest.approx(exact, rel=0.03)
+
+
+def test_continuous_samples_unclipped_and_executed_clipped():
     torch.manual_seed(0)
     n = 2000
-    mean_raw = torch.zeros((), requires_grad=True)
     # std_raw = 20 -> std = 2*sigmoid(10) + 0.1 ~ 2.0999: about 63% of N(0, 2.1) draws fall outside [-1, 1]
-    raw = torch.stack([mean_raw.expand(n), torch.full((n,), 20.0)], dim=-1)
+    raw = torch.stack([torch.zeros(n), torch.full((n,), 20.0)], dim=-1)
     sample = ContinuousActionDist(raw).sample()
     assert sample.shape == (n, 1)
-    assert sample.min().item() >= -1.0 and sample.max().item() <= 1.0
-    clipped = (sample.abs() == 1.0).float().mean().item()
+    outside = (sample.abs() > 1.0).float().mean().item()
     # P(|N(0, 2.1)| > 1) = 2*(1 - Phi(1/2.0999)) = 2*(1 - Phi(0.4762)) = 2*0.3170 = 0.634
-    assert 0.58 < clipped < 0.69
-    sample.sum().backward()
-    # straight-through: d sample / d mean = 1 for every draw, clipped or not; d mean / d mean_raw =
-    # 1 - tanh(0)^2 = 1, so the gradient is n (it would be ~0.37 n if clipping cut it).
-    assert mean_raw.grad.item() == pytest.approx(n, rel=1e-6)
+    assert 0.58 < outside < 0.69
+    # the world model sees the draw clipped to the action box, as the env executes it
+    cfg = compose_config("STORM", ["+preset=cpu"]).Models
+    from sub_models.world_models import WorldModel
+    world_model = WorldModel(cfg, action_dim=1, discrete_actions=False)
+    torch.testing.assert_close(world_model.action_input(sample), sample.clamp(-1, 1), rtol=0, atol=0)
 
 
 def test_discrete_policy_samples_valid_actions():
@@ -344,11 +403,23 @@ def test_discrete_policy_samples_valid_actions():
     assert 0.4 < actions.float().mean().item() < 0.6
 
 
-def test_continuous_policy_in_bounds():
+def test_continuous_policy_draws_unclipped_and_env_gets_them_clipped():
+    from acting import EnvActor
+    import gymnasium
     agent = make_agent(discrete=False, action_dim=3)
-    actions = agent.policy(torch.randn(200, LATENT), torch.randn(200, HIDDEN))
-    assert actions.shape == (200, 3)
-    assert actions.abs().max().item() <= 1.0
+    drawn = agent.policy(torch.randn(200, LATENT), torch.randn(200, HIDDEN))
+    assert drawn.shape == (200, 3) and drawn.abs().max().item() > 1.0   # std ~ 1.1: a third fall outside
+
+    cfg = compose_config("STORM", ["+preset=cpu"]).Models
+    from sub_models.world_models import WorldModel
+    torch.manual_seed(0)
+    world_model = WorldModel(cfg, action_dim=3, discrete_actions=False)
+    agent = ActorCriticAgent(agent_config(), world_model.latent_dim + cfg.WorldModel.TransformerHiddenDim, 3, False)
+    actor = EnvActor(world_model, agent, gymnasium.spaces.Box(-1, 1, (3,)), num_envs=64, context_length=4)
+    obs = torch.randint(0, 256, (64, 64, 64, 3), dtype=torch.uint8).numpy()
+    actor.act(obs)                     # first step: random
+    actions = actor.act(obs)           # the policy's draws, clipped for the env
+    assert actions.shape == (64, 3) and abs(actions).max() <= 1.0 and (abs(actions) == 1.0).any()
 
 
 # ----------------------------------------------------------------------------- optimiser
@@ -363,24 +434,30 @@ def test_adam_settings_from_config():
     assert not any(id(p) in optimized for p in agent.slow_critic.parameters())
 
 
+def unchanged_return_scale(agent):
+    """The figures a stand-in loss must return: the return scale its update would store."""
+    return {"agent/return_scale": agent.return_normalizer.scale.clone()}
+
+
 def test_adam_first_step_size_shows_lr_and_eps():
     agent = make_agent()
     bias = agent.actor[-1].bias
     before = bias.detach().clone()
     # loss = 1e-5 * sum(bias): gradient g = 1e-5 on each entry. Adam's first step is
     # lr * m_hat / (sqrt(v_hat) + eps) = 3e-5 * 1e-5 / (1e-5 + 1e-5) = 1.5e-5 (down).
-    agent.loss = lambda rollout: (1e-5 * bias.sum(), {})
+    agent.loss = lambda rollout: (1e-5 * bias.sum(), unchanged_return_scale(agent))
     _, finite = agent.update(rollout())
-    assert finite
+    assert bool(finite)
     torch.testing.assert_close(bias.detach() - before, torch.full_like(before, -1.5e-5), rtol=1e-3, atol=0)
 
 
 def test_gradient_norm_clipped_to_100():
     agent = make_agent()
     states = torch.randn(64, STATE_DIM)
-    agent.loss = lambda rollout: (1e6 * (agent.actor(states).pow(2).sum() + agent.critic(states).pow(2).sum()), {})
+    agent.loss = lambda rollout: (1e6 * (agent.actor(states).pow(2).sum() + agent.critic(states).pow(2).sum()),
+                                  unchanged_return_scale(agent))
     metrics, finite = agent.update(rollout())
-    assert finite
+    assert bool(finite)
     assert metrics["agent/grad_norm"].item() > 1e4               # the raw norm is huge ...
     grads = [p.grad for g in agent.optimizer.param_groups for p in g["params"] if p.grad is not None]
     clipped = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item()

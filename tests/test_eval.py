@@ -139,19 +139,32 @@ def test_corrupt_weights_file_is_named(tmp_path, capsys):
     assert not (tmp_path / f"{RUN}.csv").exists()
 
 
-def test_config_mismatch_lists_differing_keys(trained, tmp_path, capsys):
-    code, _, err = eval_main(capsys, *base_args(trained, tmp_path, config="GITSTORM"))
-    assert code == 2
-    assert "Models.WorldModel.Prior: checkpoint 'mlp', given 'maskgit'" in err
-    # Without the preset the run was trained with, every model width differs.
+def test_models_are_built_from_the_stored_config_without_retyping_overrides(trained, tmp_path, capsys):
+    # The run was trained with +preset=cpu; evaluating it without the preset works, and the
+    # keys where the given config differs from the stored one are printed as a warning.
     args = [a for a in base_args(trained, tmp_path) if a != "+preset=cpu"]
-    code, _, err = eval_main(capsys, *args)
-    assert code == 2 and "Models.WorldModel.TransformerHiddenDim: checkpoint 64, given 512" in err
+    code, out, err = eval_main(capsys, *args, "-step=24")
+    assert code == 0, err
+    assert "warning:" in err and "evaluating with the stored one" in err
+    assert "Models.WorldModel.TransformerHiddenDim: checkpoint 64, given 512" in err
+    assert "step 24: return" in out
+    # another model config (-config_path GITSTORM): the same, the checkpoint's MLP prior is used
+    code, out, err = eval_main(capsys, *base_args(trained, tmp_path, config="GITSTORM"), "-step=48")
+    assert code == 0, err
+    assert "Models.WorldModel.Prior: checkpoint 'mlp', given 'maskgit'" in err and "step 48: return" in out
+    # the config it was trained with: no warning
+    code, _, err = eval_main(capsys, *base_args(trained, tmp_path), "-step=24")
+    assert code == 0 and "warning" not in err
+
+
+def test_missing_checkpoint_folder_names_the_run(tmp_path, capsys):
+    code, _, err = eval_main(capsys, *base_args(tmp_path / "nowhere", tmp_path, run="No-Such-Run"))
+    assert code == 2 and "no run 'No-Such-Run'" in err and "does not exist" in err
 
 
 def test_env_mismatch_and_unknown_env(trained, tmp_path, capsys):
     code, _, err = eval_main(capsys, *base_args(trained, tmp_path, env="ALE/Pong-v5"))
-    assert code == 2 and "BasicSettings.env_name: checkpoint 'ALE/Breakout-v5', given 'ALE/Pong-v5'" in err
+    assert code == 2 and "was trained on 'ALE/Breakout-v5', not -env_name='ALE/Pong-v5'" in err
     code, _, err = eval_main(capsys, *base_args(trained, tmp_path, env="ALE/Breakuot-v5"))
     assert code == 2 and "'ALE/Breakuot-v5'" in err and "ALE/Breakout-v5" in err
 

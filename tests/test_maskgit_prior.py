@@ -11,7 +11,7 @@ from sub_models.maskgit import MaskGitPrior, mask_count, random_partition_masks,
 
 def make_cfg(**overrides):
     cfg = dict(EmbeddingDim=16, NumLayers=1, NumHeads=2, FeedForwardDim=32, Dropout=0.0,
-               MaskSchedule="cosine", MinMaskRatio=1.0e-6, DraftRounds=1, ReviseRounds=1,
+               MaskSchedule="cosine", MinMaskRatio=1.0e-6, MaskRounding="floor", DraftRounds=1, ReviseRounds=1,
                ReviseRepetitions=1, Temperature=1.0, TrainTarget="current", DotProductLogits=True)
     cfg.update(overrides)
     return types.SimpleNamespace(**cfg)
@@ -41,6 +41,22 @@ def test_mask_count_worked_numbers():
     assert mask_count(torch.tensor([0.0, 0.25, 0.5, 1.0]), 32, "linear", 1.0e-6).tolist() == [32, 24, 16, 1]
     with pytest.raises(ValueError, match="square"):
         mask_count(r, 32, "square", 1.0e-6)
+
+
+def test_mask_count_ceil_rounding_and_how_often_all_tokens_are_masked():
+    r = torch.tensor([0.0, 1.0, 0.5, 1.0 / 3.0, 0.1])
+    # ceil: cos(0)*32 = 32; 1e-6*32 -> 1; 22.63 -> 23; 27.71 -> 28; cos(0.05 pi)*32 = 31.61 -> 32
+    assert mask_count(r, 32, "cosine", 1.0e-6, "ceil").tolist() == [32, 1, 23, 28, 32]
+    assert mask_count(r, 32, "cosine", 1.0e-6, "floor").tolist() == [32, 1, 22, 27, 31]
+    # all 32 masked: ceil when cos(pi r/2) > 31/32, i.e. r < (2/pi) acos(31/32) = 0.1596;
+    # floor only where cos rounds to exactly 1 in float32 (r < ~1.6e-4)
+    draws = torch.rand(200_000, generator=torch.Generator().manual_seed(0))
+    all_ceil = (mask_count(draws, 32, "cosine", 1.0e-6, "ceil") == 32).float().mean().item()
+    all_floor = (mask_count(draws, 32, "cosine", 1.0e-6, "floor") == 32).float().mean().item()
+    assert all_ceil == pytest.approx(2 / math.pi * math.acos(31 / 32), abs=0.003)
+    assert all_floor < 5e-4
+    with pytest.raises(ValueError, match="'round'"):
+        mask_count(r, 32, "cosine", 1.0e-6, "round")
 
 
 def test_random_subset_masks_exact_counts():
@@ -86,6 +102,47 @@ def test_draft_fills_each_position_once_and_each_revise_resamples_each_once():
     # the last pass resampled its chunk; the rest of the final z is what that pass was shown
     keep = ~masked[-1]
     assert (z.argmax(-1)[keep] == seen[-1][keep]).all()
+
+
+def count_passes(prior):
+    calls = []
+    original = prior.log_probs
+    prior.log_probs = lambda h, tokens: calls.append(tokens.clone()) or original(h, tokens)
+    return calls
+
+
+@pytest.mark.parametrize("repetitions", [1, 3])
+def test_discarded_passes_are_skipped_with_the_same_result_for_the_same_noise(repetitions):
+    # T_revise = 1: every revise pass re-masks all K positions, so the full procedure's result is
+    # that of its last pass alone. Fed the same noise for that pass, the one-pass procedure
+    # must give exactly the same tokens and log-probs.
+    K, C, N = 8, 5, 64
+    torch.manual_seed(12)
+    prior = make_prior(num_variables=K, num_classes=C, DraftRounds=4, ReviseRounds=1,
+                       ReviseRepetitions=repetitions).eval()
+    h = torch.randn(N, 16)
+    full = prior.decoding_passes(N, h.device, skip_discarded=False)
+    assert full.shape == (4 + repetitions, N, K) and full[-1].all()   # the last pass re-masks everything
+    gumbel = -torch.empty(*full.shape, C).exponential_().log()
+    z_full, log_probs_full = prior.decode(h, full, gumbel)
+
+    skipped = prior.decoding_passes(N, h.device)
+    assert skipped.shape == (1, N, K) and skipped.all()
+    calls = count_passes(prior)
+    z_one, log_probs_one = prior.decode(h, skipped, gumbel[-1:])
+    assert len(calls) == 1 and (calls[0] == C).all()                 # one pass, from all [MASK]
+    assert torch.equal(z_one, z_full) and torch.equal(log_probs_one, log_probs_full)
+    calls.clear()
+    prior.sample(h)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("draft, revise, repetitions", [(1, 2, 1), (4, 4, 2), (3, 2, 0)])
+def test_passes_that_matter_are_all_run(draft, revise, repetitions):
+    prior = make_prior(DraftRounds=draft, ReviseRounds=revise, ReviseRepetitions=repetitions)
+    calls = count_passes(prior)
+    prior.sample(torch.randn(4, 16))
+    assert len(calls) == draft + repetitions * revise
 
 
 def test_kl_counts_only_masked_tokens_with_schedule_counts():

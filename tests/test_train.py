@@ -52,7 +52,8 @@ def test_cli_dry_run_writes_events_and_checkpoints(tmp_path, config_args):
     scalars = set(accumulator.Tags()["scalars"])
     for tag in ("world_model/reconstruction_loss", "world_model/dynamics_kl", "world_model/prior_perplexity",
                 "agent/policy_loss", "agent/entropy", "agent/return_scale", "time/env_steps_per_second",
-                "time/update_seconds"):
+                "time/acting_ms_per_env_step", "time/env_ms_per_env_step", "time/world_model_update_ms_per_env_step",
+                "time/imagination_and_agent_update_ms_per_env_step", "health/skipped_updates"):
         assert tag in scalars
 
     weights = torch.load(checkpoints / "weights_60.pt", weights_only=False)
@@ -89,43 +90,6 @@ def test_resume_with_another_model_config_is_refused(tmp_path):
     assert "Models.WorldModel.Prior: checkpoint 'mlp', given 'maskgit'" in result.stderr
 
 
-def test_resume_after_kill_loses_and_duplicates_nothing(tmp_path):
-    command = train_command(tmp_path, "JointTrainAgent.SampleMaxSteps=200", "JointTrainAgent.SaveEverySteps=40",
-                            "JointTrainAgent.KeepCheckpoints=5", "BasicSettings.n=resume")
-    folder = tmp_path / "saved_models" / "resume"
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 500
-    while not (folder / "checkpoint_80.pt").exists():
-        assert process.poll() is None, process.stderr.read()
-        assert time.time() < deadline, "no checkpoint within the time limit"
-        time.sleep(0.2)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-
-    killed_at = steps_of(folder, "checkpoint_*.pt")[-1]
-    assert 80 <= killed_at < 200, "the run must be killed before it finished"
-    saved = torch.load(folder / f"checkpoint_{killed_at}.pt", weights_only=False)
-    saved_buffer = torch.load(folder / f"replay_buffer_{killed_at}.pt", weights_only=True)
-    assert saved["step"] == killed_at and saved_buffer["num_appended"] == killed_at
-
-    resumed = run(command)
-    assert f"Resuming run resume from step {killed_at}" in resumed.stdout
-
-    final = torch.load(folder / "checkpoint_200.pt", weights_only=False)
-    final_buffer = torch.load(folder / "replay_buffer_200.pt", weights_only=True)
-    # Step counter and buffer: the first killed_at steps are exactly the saved ones, then 200 - killed_at new.
-    assert final["step"] == 200 and final_buffer["num_appended"] == 200
-    for key in ("obs", "action", "reward", "termination"):
-        assert torch.equal(final_buffer[key][:, :killed_at], saved_buffer[key][:, :killed_at]), key
-    # Optimiser state continues: one world-model and one agent update per step after the warm-up.
-    warmup = 32
-    for name in ("world_model_optimizer", "agent_optimizer"):
-        before = saved[name]["state"][0]["step"].item()
-        after = final[name]["state"][0]["step"].item()
-        assert before == killed_at - warmup, name
-        assert after == before + (200 - killed_at), name
-
-
 def test_non_finite_updates_are_skipped_then_stop_the_run_naming_step_and_loss(tmp_path):
     from config import compose_config
     from train import NonFiniteLossError, Trainer
@@ -140,15 +104,23 @@ def test_non_finite_updates_are_skipped_then_stop_the_run_naming_step_and_loss(t
     rewards = torch.full((2, 8), float("nan"))
     before = [p.detach().clone() for p in trainer.world_model.parameters()]
     metrics, finite = trainer.world_model.update(obs, actions, rewards, torch.zeros(2, 8))
-    assert not finite
+    assert not bool(finite)
     assert all(torch.equal(b, p) for b, p in zip(before, trainer.world_model.parameters()))
 
+    # counted on the device at every update, looked at when logging
     pending = {}
     trainer.track(metrics, finite, pending)
     trainer.track(metrics, finite, pending)
     assert len(pending["health/skipped_updates"]) == 2
+    trainer.check_health(pending)                     # 2 in a row: below the limit of 3
+    good_metrics, good = trainer.world_model.update(obs, actions, torch.zeros(2, 8), torch.zeros(2, 8))
+    trainer.track(good_metrics, good, pending)        # a finite update ends the run of bad ones ...
+    trainer.track(metrics, finite, pending)
+    trainer.check_health(pending)                     # ... so the longest run is still 2
+    trainer.track(metrics, finite, pending)
+    trainer.track(metrics, finite, pending)
     with pytest.raises(NonFiniteLossError, match=r"step 1234: 3 non-finite updates in a row.*world_model/reward_loss"):
-        trainer.track(metrics, finite, pending)
+        trainer.check_health(pending)
 
 
 def test_hydra_multirun_trains_one_run_per_seed(tmp_path):
@@ -158,3 +130,81 @@ def test_hydra_multirun_trains_one_run_per_seed(tmp_path):
     run(command[:2] + ["-m"] + command[2:])
     for seed in (0, 1):
         assert steps_of(tmp_path / "saved_models" / f"PixelSide-v0-STORM-seed_{seed}", "weights_*.pt") == [40]
+
+
+def test_resume_after_kill_once_the_buffer_wrapped_loses_and_duplicates_nothing(tmp_path):
+    """BufferMaxLength (48) < SampleMaxSteps (160): a run killed after the buffer wrapped resumes
+    from its checkpoint with the buffer's contents and write position, the step counter and
+    the optimiser states, and finishes; re-running the finished run says it is done."""
+    from config import compose_config
+    from train import Trainer
+
+    overrides = ["JointTrainAgent.SampleMaxSteps=160", "JointTrainAgent.SaveEverySteps=40",
+                 "JointTrainAgent.BufferMaxLength=48", "JointTrainAgent.KeepCheckpoints=5",
+                 "JointTrainAgent.VideoEverySteps=0", "BasicSettings.n=resume"]
+    command = train_command(tmp_path, *overrides)
+    folder = tmp_path / "saved_models" / "resume"
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 500
+    while not (folder / "checkpoint_80.pt").exists():
+        assert process.poll() is None, process.stderr.read()
+        assert time.time() < deadline, "no checkpoint within the time limit"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = steps_of(folder, "checkpoint_*.pt")[-1]
+    assert 80 <= killed_at < 160, "the run must be killed before it finished"
+
+    saved = torch.load(folder / f"checkpoint_{killed_at}.pt", weights_only=False)
+    saved_buffer = torch.load(folder / f"replay_buffer_{killed_at}.pt", weights_only=True)
+    assert saved["step"] == killed_at and saved_buffer["num_appended"] == killed_at > 48   # wrapped
+    cfg = compose_config("STORM", TINY + overrides + [f"BasicSettings.RunsDir={tmp_path}/runs",
+                                                      f"BasicSettings.CheckpointDir={tmp_path}/saved_models"])
+    trainer = Trainer(cfg)
+    trainer.restore(folder / f"checkpoint_{killed_at}.pt")
+    assert trainer.step == killed_at and len(trainer.buffer) == 48            # len() stops at capacity
+    assert trainer.buffer.num_appended == killed_at and trainer.buffer.head == killed_at % 48
+    for key in ("obs", "action", "reward", "termination"):
+        assert torch.equal(getattr(trainer.buffer, key), saved_buffer[key]), key
+    trainer.envs.close()
+
+    resumed = run(command)
+    assert f"Resuming run resume from step {killed_at}" in resumed.stdout
+    final = torch.load(folder / "checkpoint_160.pt", weights_only=False)
+    final_buffer = torch.load(folder / "replay_buffer_160.pt", weights_only=True)
+    assert final["step"] == 160 and final_buffer["num_appended"] == 160
+    # Optimiser state continues: one world-model and one agent update per step after the warm-up.
+    warmup = 32
+    for name in ("world_model_optimizer", "agent_optimizer"):
+        before = saved[name]["state"][0]["step"].item()
+        after = final[name]["state"][0]["step"].item()
+        assert before == killed_at - warmup, name
+        assert after == before + (160 - killed_at), name
+    again = run(command)
+    assert "already reached 160 steps" in again.stdout
+
+
+def test_config_error_is_one_clear_line_and_exit_status_2(tmp_path):
+    result = subprocess.run(train_command(tmp_path, "Models.WorldModel.Prior=transformer"), cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "error: Models.WorldModel.Prior='transformer': expected one of mlp, maskgit" in result.stderr
+    assert "Traceback" not in result.stderr and "HYDRA_FULL_ERROR" not in result.stderr
+
+
+def test_videos_do_not_change_the_training_random_stream(tmp_path):
+    from config import compose_config
+    from train import Trainer
+    from torch.utils.tensorboard import SummaryWriter
+
+    cfg = compose_config("STORM", TINY + [f"BasicSettings.RunsDir={tmp_path}/runs", "BasicSettings.n=video",
+                                          f"BasicSettings.CheckpointDir={tmp_path}/saved_models"])
+    trainer = Trainer(cfg)
+    obs = torch.randint(0, 256, (1, 64, 64, 3), dtype=torch.uint8)
+    for _ in range(40):
+        trainer.buffer.append(obs, torch.zeros(1, dtype=torch.long), torch.zeros(1), torch.zeros(1))
+    before = torch.get_rng_state()
+    with SummaryWriter(str(tmp_path / "runs" / "video")) as writer:
+        trainer.log_video(writer)
+    assert torch.equal(torch.get_rng_state(), before)
+    trainer.envs.close()

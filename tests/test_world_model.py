@@ -390,8 +390,11 @@ def test_encoder_decoder_shapes_full_size_and_cpu_preset():
     assert encoder.to_logits.in_features == 4096 and encoder.to_logits.out_features == 1024
     logits = encoder(obs)
     assert logits.shape == (2, 32, 32)
-    assert decoder.from_latent[0].in_features == 1024 and decoder.from_latent[0].out_features == 4096
-    assert decoder.from_latent[0].bias is None
+    assert decoder.from_latent.in_features == 1024 and decoder.from_latent.out_features == 4096
+    assert decoder.from_latent.bias is None
+    # the authors' first normalisation: 2-D over 256 channels of 4x4 (not 1-D over 4096 units)
+    first_norm = decoder.deconvs[0]
+    assert isinstance(first_norm, nn.BatchNorm2d) and first_norm.num_features == 256
     deconvs = [m for m in decoder.deconvs if isinstance(m, nn.ConvTranspose2d)]
     assert [m.out_channels for m in deconvs] == [128, 64, 32, 3]
     assert deconvs[-1].bias is not None and all(m.bias is None for m in deconvs[:-1])
@@ -404,21 +407,21 @@ def test_encoder_decoder_shapes_full_size_and_cpu_preset():
 
 # Parameter counts of the Atari-size model (18 actions), worked out from SPEC section 4:
 ENCODER = (3 * 32 + 32 * 64 + 64 * 128 + 128 * 256) * 16 + 2 * (32 + 64 + 128 + 256) + 4096 * 1024 + 1024
-DECODER = 1024 * 4096 + 2 * 4096 + (256 * 128 + 128 * 64 + 64 * 32 + 32 * 3) * 16 + 2 * (128 + 64 + 32) + 3
+DECODER = 1024 * 4096 + 2 * 256 + (256 * 128 + 128 * 64 + 64 * 32 + 32 * 3) * 16 + 2 * (128 + 64 + 32) + 3
 MIXER = (1024 + 18) * 512 + 2 * 512 + 512 * 512 + 2 * 512
 BLOCK = 512 * 1536 + 512 * 512 + 2 * 512 + (512 * 1024 + 1024 + 1024 * 512 + 512) + 2 * 512
 SEQUENCE = MIXER + 64 * 512 + 2 * 512 + 2 * BLOCK
 TRUNK = 512 * 512 + 2 * 512 + 512 * 512 + 2 * 512
 REWARD, TERMINATION = TRUNK + 512 * 255 + 255, TRUNK + 512 + 1
 MLP_PRIOR = 512 * 1024 + 1024
-MASKGIT_BLOCK = 2 * 128 + (128 * 384 + 384) + (128 * 128 + 128) + 2 * 128 + (128 * 512 + 512 + 512 * 128 + 128)
+MASKGIT_BLOCK = 2 * 128 + (128 * 384 + 384) + (128 * 128 + 128) + 2 * 128 + (128 * 128 + 128 + 128 * 128 + 128)
 MASKGIT_PRIOR = (33 * 128 + (144 * 128 + 128) + 32 * 128 + 4 * MASKGIT_BLOCK + 2 * 128
                  + (128 * 128 + 128) + 2 * 128 + 32)
 
 
 @pytest.mark.parametrize("name, prior", [("STORM", MLP_PRIOR), ("GITSTORM", MASKGIT_PRIOR)])
 def test_full_size_parameter_counts(name, prior):
-    assert (ENCODER, DECODER, SEQUENCE, MLP_PRIOR, MASKGIT_PRIOR) == (4885952, 4892611, 5032960, 525312, 837024)
+    assert (ENCODER, DECODER, SEQUENCE, MLP_PRIOR, MASKGIT_PRIOR) == (4885952, 4884931, 5032960, 525312, 442272)
     cfg = config(name)
     wm = WorldModel(cfg.Models, 18, True)
     assert n_params(wm.encoder) == ENCODER
@@ -515,6 +518,47 @@ def test_imagine_never_syncs_with_the_host(prior):
     with mock.patch.multiple(torch.Tensor, **{name: _forbidden(name) for name in names}):
         imag = wm.imagine(obs, actions, policy, 5)
     assert imag.rewards.shape == (2, 5)
+
+
+@pytest.mark.parametrize("prior", PRIORS)
+def test_updates_never_sync_with_the_host(prior):
+    """A world-model update and an agent update, non-finite check and skipped step included,
+    run without waiting for the device: `finite` comes back as a tensor."""
+    from agents import ActorCriticAgent
+    wm = tiny_world_model(prior)
+    agent = ActorCriticAgent(config("STORM", "+preset=cpu").Models.Agent, wm.latent_dim + 64, 18, True)
+    torch.manual_seed(10)
+    obs = torch.randint(0, 256, (2, 6, 64, 64, 3), dtype=torch.uint8)
+    actions = torch.randint(0, 18, (2, 6))
+    names = ("item", "cpu", "tolist", "numpy", "__bool__", "__int__", "__float__")
+    with mock.patch.multiple(torch.Tensor, **{name: _forbidden(name) for name in names}):
+        _, wm_finite = wm.update(obs, actions, torch.randn(2, 6), torch.zeros(2, 6))
+        _, agent_finite = agent.update(wm.imagine(obs, actions, agent.policy, 4))
+    assert bool(wm_finite) and bool(agent_finite)
+
+
+@pytest.mark.parametrize("prior", PRIORS)
+def test_non_finite_world_model_update_changes_no_weight_and_no_optimiser_state(prior):
+    wm = tiny_world_model(prior)
+    torch.manual_seed(11)
+    obs = torch.randint(0, 256, (2, 6, 64, 64, 3), dtype=torch.uint8)
+    actions = torch.randint(0, 18, (2, 6))
+    _, finite = wm.update(obs, actions, torch.randn(2, 6), torch.zeros(2, 6))   # Adam has state now
+    assert bool(finite)
+    state = copy.deepcopy(wm.state_dict())
+    optimizer_state = copy.deepcopy(wm.optimizer.state_dict())
+    bad_rewards = torch.randn(2, 6)
+    bad_rewards[0, 3] = float("nan")
+    metrics, finite = wm.update(obs, actions, bad_rewards, torch.zeros(2, 6))
+    assert not bool(finite) and not torch.isfinite(metrics["world_model/reward_loss"])
+    after = wm.state_dict()
+    # every parameter, and BatchNorm's running statistics of the skipped forward aside, is as before
+    changed = [k for k, v in state.items() if not torch.equal(v, after[k]) and "running" not in k
+               and "num_batches" not in k]
+    assert changed == []
+    for key, value in wm.optimizer.state_dict()["state"].items():
+        for name, tensor in value.items():
+            assert torch.equal(tensor, optimizer_state["state"][key][name]), (key, name)
 
 
 # --------------------------------------------------------------------------- overfit on real frames

@@ -5,6 +5,8 @@
 Builds the models from config_files/STORM.yaml and GITSTORM.yaml (optionally with a preset)
 for a game with --actions discrete actions (18 = the full Atari action set) and prints the
 counts per part as a Markdown table, plus the MaskGIT / MLP prior size ratio.
+It then prints REM's tokenizer and POP world model (config_files/REM.yaml; with --preset P,
+preset rem_P).
 """
 import argparse
 import os
@@ -35,12 +37,38 @@ def world_model_counts(config_name, action_dim, overrides):
     return cfg, wm, counts
 
 
+ABLATIONS = (("GIT-STORM (concat mixer, categorical)", []),
+             ("concat + attention mixer (E.4.1)", ["Models.WorldModel.StateMixer=concat_attn"]),
+             ("cross-attention mixer (E.4.1)", ["Models.WorldModel.StateMixer=cross_attn"]),
+             ("unmixed states (E.4.2)", ["Models.WorldModel.StateMixer=unmixed"]),
+             ("iVideoGPT action embedding (E.4.2)", ["Models.WorldModel.StateMixer=ivideogpt"]),
+             ("VQ-VAE latents (E.3)", ["Models.WorldModel.Latent=vqvae"]),
+             ("w/o MaskGIT dot product (E.1)", ["Models.MaskGit.DotProductLogits=false"]))
+
+
+def variant_counts(action_dim, overrides):
+    """--variants: the GIT-STORM world model with each appendix-E ablation key."""
+    print(f"GIT-STORM ablation variants, {'paper' if not overrides else overrides[0]} sizes, {action_dim} actions\n")
+    print("| variant | override | encoder | sequence model | prior | world model | vs GIT-STORM |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    base = None
+    for label, extra in ABLATIONS:
+        _, _, c = world_model_counts("GITSTORM", action_dim, list(overrides) + extra)
+        base = base or c["total"]
+        print(f"| {label} | {' '.join(f'`{e}`' for e in extra) or '—'} | {c['encoder']:,} | "
+              f"{c['sequence model (mixer + transformer)']:,} | {c['prior']:,} | {c['total']:,} | "
+              f"{c['total'] - base:+,} |")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--actions", type=int, default=18, help="number of discrete actions (default 18)")
     parser.add_argument("--preset", default=None, help="config preset, e.g. cpu (default: the paper's sizes)")
+    parser.add_argument("--variants", action="store_true", help="GIT-STORM with each ablation key of appendix E")
     args = parser.parse_args(argv)
     overrides = [f"+preset={args.preset}"] if args.preset else []
+    if args.variants:
+        return variant_counts(args.actions, overrides)
 
     storm_cfg, storm, storm_counts = world_model_counts("STORM", args.actions, overrides)
     _, gitstorm, gitstorm_counts = world_model_counts("GITSTORM", args.actions, overrides)
@@ -70,6 +98,29 @@ def main(argv=None):
         print(f"| {label} | {count(module):,} |")
     print(f"| total (trained) | {count(agent, trainable_only=True):,} |")
     print(f"| total (incl. slow critic) | {count(agent):,} |")
+    rem_counts(args.actions, [f"+preset=rem_{args.preset}"] if args.preset else [])
+
+
+def rem_counts(action_dim, overrides):
+    """REM's tokenizer (without LPIPS) and POP world model (config_files/REM.yaml)."""
+    from sub_models.rem.tokenizer import Tokenizer
+    from sub_models.rem.world_model import POPWorldModel
+    cfg = compose_config("REM", list(overrides))
+    tok = Tokenizer(cfg.Models.Tokenizer)
+    wm = POPWorldModel(cfg.Models.RetNetWorldModel, cfg.Models.Tokenizer.VocabSize, action_dim)
+    codebook_convs = count(tok.pre_quant_conv) + count(tok.post_quant_conv)
+    heads = count(wm.head_observations) + count(wm.head_rewards) + count(wm.head_ends)
+    print(f"\nREM, {'paper' if not overrides else overrides[0]} sizes, {action_dim} actions\n")
+    print("| part | parameters |")
+    print("|---|---:|")
+    for label, n in (("tokenizer encoder", count(tok.encoder)), ("tokenizer decoder", count(tok.decoder)),
+                     ("tokenizer codebook + 1x1 convs", count(tok.embedding) + codebook_convs),
+                     ("tokenizer (no LPIPS)", count(tok)),
+                     (f"RetNet ({len(wm.retnet.layers)} layers)", count(wm.retnet)),
+                     ("token + prediction-token embeddings", count(wm.token_embedding) + count(wm.prediction_tokens)),
+                     ("observation, reward, termination heads", heads), ("world model", count(wm)),
+                     ("tokenizer + world model", count(tok) + count(wm))):
+        print(f"| {label} | {n:,} |")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,5 @@
+"""Entry point of `python -m tools.ablations`."""
+
+from .curves import main
+
+raise SystemExit(main())
