@@ -18,6 +18,7 @@ import math
 import torch
 import torch.nn as nn
 
+from config import plain_section
 from sub_models.functions_losses import SymlogTwoHot
 from sub_models.optim import guarded_step, make_adam
 from sub_models.world_models import Imagination, WorldModel, autocast_for
@@ -132,7 +133,8 @@ class ContinuousActionDist:
 class ActorCriticAgent(nn.Module):
     def __init__(self, agent_cfg, state_dim: int, action_dim: int, discrete_actions: bool, use_bf16: bool = False):
         super().__init__()
-        self.cfg, self.discrete, self.action_dim, self.use_bf16 = agent_cfg, discrete_actions, action_dim, use_bf16
+        self.cfg, self.discrete, self.action_dim = plain_section(agent_cfg), discrete_actions, action_dim
+        self.use_bf16 = use_bf16
         self.entropy_coef = agent_cfg.EntropyCoef if discrete_actions else agent_cfg.ContinuousEntropyCoef
         actor_out = action_dim if discrete_actions else 2 * action_dim
         self.actor = mlp(state_dim, agent_cfg.HiddenDim, actor_out, agent_cfg.NumLayers)

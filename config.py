@@ -10,6 +10,7 @@ authors' release ignored.
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -325,6 +326,14 @@ def _diff(saved, current, prefix: str) -> list[str]:
             out += _diff(saved[key], current.get(key, "<missing>"), f"{prefix}.{key}")
         return out
     return [] if saved == current else [f"{prefix}: checkpoint {saved!r}, given {current!r}"]
+
+
+def plain_section(section):
+    """A config section as a plain namespace of Python values: what models keep, so that the
+    compiled hot paths (torch.compile) read ints and floats instead of tracing OmegaConf."""
+    if isinstance(section, DictConfig):
+        return SimpleNamespace(**OmegaConf.to_container(section, resolve=True))
+    return section
 
 
 def stored_config(saved: dict, current: DictConfig) -> DictConfig:

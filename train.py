@@ -13,6 +13,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import hydra
 import numpy as np
@@ -162,7 +163,9 @@ class Trainer:
         set_rng_state(state["rng"])
 
     # ------------------------------------------------------------------ main loop
-    def run(self) -> None:
+    def run(self, after_step: Callable[[], None] | None = None) -> None:
+        """Train until JointTrainAgent.SampleMaxSteps; `after_step` is called after every env
+        step and its updates (tools/benchmarks/throughput.py times the loop through it)."""
         cfg, train = self.cfg, self.cfg.JointTrainAgent
         envs = self.envs
         writer = SummaryWriter(str(self.dirs.logs), purge_step=self.step if self.step else None)
@@ -203,6 +206,8 @@ class Trainer:
                             rollout = self.world_model.imagine(context_obs, context_actions, self.agent.policy,
                                                                train.ImagineBatchLength)
                             self.track(*self.agent.update(rollout), pending)
+                if after_step is not None:
+                    after_step()
 
                 if self.step - last_log_step >= train.LogEverySteps:
                     now = time.time()

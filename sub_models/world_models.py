@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from config import plain_section
 from sub_models.functions_losses import SymlogTwoHot
 from sub_models.latents import build_latent
 from sub_models.optim import guarded_step, make_adam
@@ -97,7 +98,7 @@ class WorldModel(nn.Module):
     def __init__(self, models_cfg, action_dim: int, discrete_actions: bool, use_bf16: bool = False):
         super().__init__()
         wm = models_cfg.WorldModel
-        self.cfg = wm
+        self.cfg = plain_section(wm)
         self.action_dim, self.discrete_actions, self.use_bf16 = action_dim, discrete_actions, use_bf16
         self.num_variables, self.num_classes = wm.CategoricalDim, wm.ClassDim
         self.encoder = Encoder(wm.InChannels, wm.EncoderBaseChannels, wm.EncoderStages, wm.CategoricalDim, wm.ClassDim)

@@ -1,24 +1,25 @@
-"""STORM (MLP prior) vs GIT-STORM (MaskGIT prior) world models on the same Atari data.
+"""STORM (MLP prior) vs GIT-STORM (MaskGIT prior) variants as world models, on the same Atari data.
 
-    python tools/benchmarks/compare_priors.py [--game Boxing] [--steps 3000] [--updates 800]
-        [--batch-size 8] [--batch-length 16] [--preset cpu] [--device cpu] [--seed 0]
+    python tools/benchmarks/compare_priors.py [--games Boxing,Pong] [--steps 10000] [--updates 800]
+        [--seeds 0,1] [--batch-size 8] [--batch-length 16] [--preset cpu] [--override KEY=VALUE ...]
 
-1. Collects --steps agent steps of ALE/<game>-v5 once, with a seeded uniform random policy
+1. Collects --steps agent steps of each ALE/<game>-v5 once, with a seeded uniform random policy
    (training env: life loss counts as termination, as in train.py).
-2. The first 80% of the steps are the training set, the last 20% the held-out set.
-3. Trains both world models for --updates Adam steps on the *same* batches in the same order
-   (the sequence starts are drawn once from a seeded generator) from the same global seed.
-4. Prints one Markdown table: the training figures averaged over the last 10% of updates, and
-   the held-out figures (eval mode, disjoint sequences of --batch-length steps).
+2. The first 80% of each game's steps are training data, the last 20% are held out.
+3. Trains every variant (VARIANTS below: STORM; GIT-STORM with floor and ceil mask rounding;
+   GIT-STORM with TrainTarget=next; GIT-STORM with ceil and T_draft = T_revise = 4, M = 2)
+   for --updates Adam steps per seed on the *same* batches in the same order (sequences drawn
+   from all games from a seeded generator; 18 actions, the games' sets embedded in it).
+4. Prints one Markdown table: per figure, mean +- standard deviation over the seeds, held-out
+   per game (eval mode, disjoint sequences of --batch-length steps).
 
-Two kinds of KL / perplexity are reported, because the two priors' training losses count
-different tokens:
+Two kinds of KL / perplexity exist, because the two priors' training losses count different tokens:
   * "objective": the figures of WorldModel.loss. The MLP prior counts all K tokens; the MaskGIT
-    prior counts only the tokens it masked (a random cosine-schedule subset, ~64% on average)
-    and sees part of z_t in the others, so these are not comparable across priors.
+    prior counts only the tokens it masked (a random cosine-schedule subset, ~64% on average
+    with floor rounding) and sees part of z_t in the others, so these are not comparable.
   * "sampling": KL[q(z_{t+1} | o_{t+1}) || p] summed over all K tokens and the perplexity of the
     posterior sample of z_{t+1} over all K tokens, where p is the distribution `prior.sample(h_t)`
-    drew each token from (for MaskGIT, draft-and-revise with the config's rounds). This is the
+    drew each token from (for MaskGIT, draft-and-revise with the variant's rounds). This is the
     distribution imagination uses, the same for both priors: the comparable figure.
 """
 import argparse
@@ -37,27 +38,48 @@ from config import compose_config  # noqa: E402
 from sub_models.functions_losses import categorical_kl  # noqa: E402
 from sub_models.world_models import WorldModel  # noqa: E402
 
-MODELS = (("STORM", "STORM (MLP prior)"), ("GITSTORM", "GIT-STORM (MaskGIT prior)"))
+VARIANTS = (  # (label, config, overrides)
+    ("STORM", "STORM", ()),
+    ("GIT-STORM floor", "GITSTORM", ()),
+    ("GIT-STORM ceil", "GITSTORM", ("Models.MaskGit.MaskRounding=ceil",)),
+    ("GIT-STORM next", "GITSTORM", ("Models.MaskGit.TrainTarget=next",)),
+    ("GIT-STORM ceil 4/4/2", "GITSTORM", ("Models.MaskGit.MaskRounding=ceil", "Models.MaskGit.DraftRounds=4",
+                                           "Models.MaskGit.ReviseRounds=4", "Models.MaskGit.ReviseRepetitions=2")),
+)
+NUM_ACTIONS = 18   # the full Atari action set: every game's minimal set maps into it
 TRAIN_FIGURES = ("reconstruction_loss", "reward_loss", "termination_loss", "dynamics_kl", "prior_perplexity")
+HELDOUT_FIGURES = (("reconstruction_loss", "reconstruction loss", "{:.2f}"), ("reward_loss", "reward loss", "{:.4f}"),
+                   ("sampling_kl", "dynamics KL (sampling, all tokens)", "{:.3f}"),
+                   ("sampling_perplexity", "perplexity (sampling, all tokens)", "{:.3f}"),
+                   ("dynamics_kl", "dynamics KL (objective)", "{:.3f}"))
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--game", default="Boxing", help="Atari game, ALE/<game>-v5 (default Boxing)")
-    parser.add_argument("--steps", type=int, default=3000, help="random-policy agent steps collected (default 3000)")
-    parser.add_argument("--updates", type=int, default=800, help="world-model updates per prior (default 800)")
+    parser.add_argument("--games", default="Boxing,Pong", help="Atari games, ALE/<game>-v5 (default Boxing,Pong)")
+    parser.add_argument("--steps", type=int, default=10000, help="random-policy agent steps per game (default 10000)")
+    parser.add_argument("--updates", type=int, default=800, help="world-model updates per variant and seed (800)")
+    parser.add_argument("--seeds", default="0,1", help="model/batch seeds, comma-separated (default 0,1)")
     parser.add_argument("--batch-size", type=int, default=8, help="sequences per batch (default 8)")
     parser.add_argument("--batch-length", type=int, default=16, help="steps per sequence (default 16)")
     parser.add_argument("--preset", default="cpu", help="config preset (default cpu); 'none' = paper sizes")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--override", action="append", default=[],
-                        help="Hydra override applied to both configs, repeatable (e.g. Models.MaskGit.TrainTarget=next)")
+                        help="Hydra override applied to every variant, repeatable (e.g. sizes)")
+    parser.add_argument("--variants", default=None,
+                        help="comma-separated labels of VARIANTS to run (default: all)")
     parser.add_argument("--lr", type=float, default=None, help="world-model learning rate (default: the config's)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the env, the batches and the models")
     parser.add_argument("--holdout", type=float, default=0.2, help="fraction of steps held out (default 0.2)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: faster than 2 on a busy 2-core machine)")
     args = parser.parse_args(argv)
+    args.games = args.games.split(",")
+    args.seeds = [int(seed) for seed in args.seeds.split(",")]
+    labels = [label for label, _, _ in VARIANTS]
+    args.variants = labels if args.variants is None else args.variants.split(",")
+    unknown = sorted(set(args.variants) - set(labels))
+    if unknown:
+        parser.error(f"--variants: unknown {unknown}; expected labels among {labels}")
     if args.steps * (1 - args.holdout) < args.batch_length or args.steps * args.holdout < args.batch_length:
         parser.error("--steps too small for --batch-length on both sides of the --holdout split")
     return args
@@ -88,45 +110,44 @@ def gather(data, starts, length, device):
     return tuple(x[index].to(device) for x in data)
 
 
-def build(config_name, args, action_dim):
-    overrides = [] if args.preset in (None, "", "none") else [f"+preset={args.preset}"]
-    overrides += args.override
+def build(config_name, overrides, args, seed):
+    base = [] if args.preset in (None, "", "none") else [f"+preset={args.preset}"]
+    base += args.override + list(overrides)
     if args.lr is not None:
-        overrides.append(f"Models.WorldModel.LearningRate={args.lr}")
-    cfg = compose_config(config_name, overrides)
-    torch.manual_seed(args.seed)
+        base.append(f"Models.WorldModel.LearningRate={args.lr}")
+    cfg = compose_config(config_name, base)
+    torch.manual_seed(seed)
     device = torch.device(args.device)
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return cfg, WorldModel(cfg.Models, action_dim, discrete_actions=True, use_bf16=use_bf16).to(device)
+    return cfg, WorldModel(cfg.Models, NUM_ACTIONS, discrete_actions=True, use_bf16=use_bf16).to(device)
 
 
-def train(wm, data, batch_starts, args):
-    torch.manual_seed(args.seed + 1)  # the same masks / samples stream for both priors at the start
+def train(wm, data, batch_starts, args, seed):
+    torch.manual_seed(seed + 1)  # the same masks / samples stream for every variant at the start
     history, skipped = [], 0
     start = time.perf_counter()
     for starts in batch_starts:
         metrics, finite = wm.update(*gather(data, starts, args.batch_length, wm.device))
-        skipped += not finite
+        skipped += int(not bool(finite))
         history.append({k.split("/", 1)[1]: v.float().item() for k, v in metrics.items()})
     seconds = time.perf_counter() - start
     tail = history[-max(1, len(history) // 10):]
     final = {k: sum(h[k] for h in tail) / len(tail) for k in TRAIN_FIGURES}
     final["seconds_per_update"] = seconds / len(batch_starts)
     final["skipped_updates"] = skipped
-    final["first_reconstruction_loss"] = history[0]["reconstruction_loss"]
     return final
 
 
 @torch.no_grad()
-def evaluate(wm, data, args):
+def evaluate(wm, data, args, seed):
     """Held-out figures over disjoint sequences, eval mode, one fixed seed."""
     n = data[0].shape[0] // args.batch_length
     starts = torch.arange(n) * args.batch_length
     obs, actions, rewards, terminations = gather(data, starts, args.batch_length, wm.device)
     wm.eval()
-    torch.manual_seed(args.seed + 2)
+    torch.manual_seed(seed + 2)
     _, objective = wm.loss(obs, actions, rewards, terminations)
-    torch.manual_seed(args.seed + 3)
+    torch.manual_seed(seed + 3)
     posterior, z = wm.encode(obs)                                   # (B, T, K, C)
     h = wm.sequence_model(z, wm.action_input(actions))              # (B, T, D)
     _, sample_log_probs = wm.prior.sample(h[:, :-1].flatten(0, 1))  # what imagination draws z_{t+1} from
@@ -138,80 +159,89 @@ def evaluate(wm, data, args):
         "reconstruction_loss": objective["world_model/reconstruction_loss"].item(),
         "reward_loss": objective["world_model/reward_loss"].item(),
         "dynamics_kl": objective["world_model/dynamics_kl"].item(),
-        "prior_perplexity": objective["world_model/prior_perplexity"].item(),
         "sampling_kl": sampling_kl.item(),
         "sampling_perplexity": math.exp(sampling_nll.item()),
     }
+
+
+def mean_sd(values):
+    values = torch.tensor(values, dtype=torch.float64)
+    sd = values.std().item() if len(values) > 1 else 0.0
+    return values.mean().item(), sd
 
 
 def main(argv=None):
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     began = time.perf_counter()
-    data = collect(args.game, args.steps, args.seed)
-    num_train = int(round(args.steps * (1 - args.holdout)))
-    train_data = tuple(x[:num_train] for x in data)
-    heldout_data = tuple(x[num_train:] for x in data)
-    from env_wrapper import make_env
-    probe = make_env(f"ALE/{args.game}-v5", args.seed, training=True)
-    action_dim = int(probe.action_space.n)
-    probe.close()
+    train_parts, heldout, nonzero = [], {}, {}
+    for game in args.games:
+        data = collect(game, args.steps, 0)
+        num_train = int(round(args.steps * (1 - args.holdout)))
+        train_parts.append(tuple(x[:num_train] for x in data))
+        heldout[game] = tuple(x[num_train:] for x in data)
+        nonzero[game] = (int((data[2] != 0).sum()), int(data[3].sum()))
+    # one training set: the games' training parts end to end, sequences never cross a game's end
+    train_data = tuple(torch.cat(parts) for parts in zip(*train_parts))
+    lengths = [part[0].shape[0] for part in train_parts]
+    valid = torch.cat([offset + torch.arange(length - args.batch_length + 1)
+                       for offset, length in zip(torch.tensor([0] + lengths[:-1]).cumsum(0).tolist(), lengths)])
     collected = time.perf_counter() - began
 
-    sampler = torch.Generator().manual_seed(args.seed)
-    batch_starts = torch.randint(0, num_train - args.batch_length + 1, (args.updates, args.batch_size),
-                                 generator=sampler)
+    results = {label: [] for label in args.variants}
+    for seed in args.seeds:
+        sampler = torch.Generator().manual_seed(seed)
+        batch_starts = valid[torch.randint(0, len(valid), (args.updates, args.batch_size), generator=sampler)]
+        for label, config_name, overrides in VARIANTS:
+            if label not in args.variants:
+                continue
+            cfg, wm = build(config_name, overrides, args, seed)
+            print(f"seed {seed}: training {label}: {sum(p.numel() for p in wm.parameters()):,} parameters, "
+                  f"{args.updates} updates ...", file=sys.stderr, flush=True)
+            run = {"config": cfg, "params": sum(p.numel() for p in wm.parameters()),
+                   "train": train(wm, train_data, batch_starts, args, seed)}
+            run.update({f"eval/{game}": evaluate(wm, heldout[game], args, seed) for game in args.games})
+            results[label].append(run)
 
-    results = {}
-    for config_name, label in MODELS:
-        cfg, wm = build(config_name, args, action_dim)
-        print(f"training {label}: {sum(p.numel() for p in wm.parameters()):,} parameters, "
-              f"{args.updates} updates ...", file=sys.stderr, flush=True)
-        results[label] = {"config": cfg, "params": sum(p.numel() for p in wm.parameters()),
-                          "train": train(wm, train_data, batch_starts, args),
-                          "eval": evaluate(wm, heldout_data, args)}
-
-    wm_cfg = next(iter(results.values()))["config"].Models.WorldModel
-    mg_cfg = next(iter(results.values()))["config"].Models.MaskGit
-    nonzero = int((data[2] != 0).sum())
-    print(f"## World-model prior comparison: ALE/{args.game}-v5, random policy\n")
-    print(f"- data: {args.steps} steps (seed {args.seed}; {nonzero} non-zero rewards, "
-          f"{int(data[3].sum())} terminations/life losses), first {num_train} for training, "
-          f"last {args.steps - num_train} held out ({results[MODELS[0][1]]['eval']['sequences']} disjoint "
-          f"sequences of {args.batch_length})")
-    print(f"- training: {args.updates} updates of {args.batch_size} x {args.batch_length} steps, the same "
-          f"batches in the same order for both; preset {args.preset}; lr {wm_cfg.LearningRate:g}; "
-          f"K x C = {wm_cfg.CategoricalDim} x {wm_cfg.ClassDim}, D = {wm_cfg.TransformerHiddenDim}; "
-          f"MaskGIT: {mg_cfg.NumLayers} layer(s) x {mg_cfg.EmbeddingDim}, T_draft={mg_cfg.DraftRounds}, "
-          f"T_revise={mg_cfg.ReviseRounds}, M={mg_cfg.ReviseRepetitions}, target {mg_cfg.TrainTarget}; "
-          f"device {args.device}, {args.threads} thread(s)")
+    first = results[args.variants[0]][0]
+    wm_cfg = first["config"].Models.WorldModel
+    maskgit_configs = [runs[0]["config"] for runs in results.values()
+                       if runs[0]["config"].Models.WorldModel.Prior == "maskgit"]
+    mg_cfg = maskgit_configs[0].Models.MaskGit if maskgit_configs else None
+    print(f"## World-model prior comparison: {', '.join(args.games)} (random policy)\n")
+    for game in args.games:
+        print(f"- {game}: {args.steps} steps ({nonzero[game][0]} non-zero rewards, {nonzero[game][1]} terminations/"
+              f"life losses), last {args.steps - int(round(args.steps * (1 - args.holdout)))} held out "
+              f"({first[f'eval/{game}']['sequences']} disjoint sequences of {args.batch_length})")
+    print(f"- training: {args.updates} updates of {args.batch_size} x {args.batch_length} steps per variant and "
+          f"seed (seeds {', '.join(map(str, args.seeds))}), the same batches in the same order for every variant; "
+          f"preset {args.preset}, overrides {' '.join(args.override) or 'none'}; lr {wm_cfg.LearningRate:g}; "
+          f"K x C = {wm_cfg.CategoricalDim} x {wm_cfg.ClassDim}, D = {wm_cfg.TransformerHiddenDim}"
+          + (f"; MaskGIT {mg_cfg.NumLayers} layer(s) x {mg_cfg.EmbeddingDim}, FFN {mg_cfg.FeedForwardDim}"
+             if mg_cfg is not None else "")
+          + f"; device {args.device}, {args.threads} thread(s)")
     print(f"- wall time: {time.perf_counter() - began:.0f} s (collection {collected:.0f} s)\n")
 
-    labels = [label for _, label in MODELS]
-    rows = [
-        ("parameters", lambda r: f"{r['params']:,}"),
-        ("train: reconstruction loss (first update)", lambda r: f"{r['train']['first_reconstruction_loss']:.1f}"),
-        ("train: reconstruction loss", lambda r: f"{r['train']['reconstruction_loss']:.2f}"),
-        ("train: reward loss", lambda r: f"{r['train']['reward_loss']:.4f}"),
-        ("train: dynamics KL (objective)", lambda r: f"{r['train']['dynamics_kl']:.3f}"),
-        ("train: prior perplexity (objective)", lambda r: f"{r['train']['prior_perplexity']:.3f}"),
-        ("train: seconds / update", lambda r: f"{r['train']['seconds_per_update']:.3f}"),
-        ("held-out: reconstruction loss", lambda r: f"{r['eval']['reconstruction_loss']:.2f}"),
-        ("held-out: reward loss", lambda r: f"{r['eval']['reward_loss']:.4f}"),
-        ("held-out: dynamics KL (objective)", lambda r: f"{r['eval']['dynamics_kl']:.3f}"),
-        ("held-out: prior perplexity (objective)", lambda r: f"{r['eval']['prior_perplexity']:.3f}"),
-        ("held-out: dynamics KL (sampling, all tokens)", lambda r: f"{r['eval']['sampling_kl']:.3f}"),
-        ("held-out: perplexity (sampling, all tokens)", lambda r: f"{r['eval']['sampling_perplexity']:.3f}"),
-    ]
-    print("| figure | " + " | ".join(labels) + " |")
-    print("|---|" + "---:|" * len(labels))
-    for name, fmt in rows:
-        print(f"| {name} | " + " | ".join(fmt(results[label]) for label in labels) + " |")
-    skipped = {label: results[label]["train"]["skipped_updates"] for label in labels}
-    print(f"\nTraining figures: mean over the last {max(1, args.updates // 10)} updates. Objective KL/perplexity: "
-          "MLP over all tokens, MaskGIT over its masked tokens only (not comparable); sampling figures: "
-          "all tokens under the distribution prior.sample() draws from (comparable). "
-          f"Perplexity is at most C/unimix; uniform = {wm_cfg.ClassDim}. Skipped (non-finite) updates: {skipped}.")
+    def cell(label, pick, fmt):
+        mean, sd = mean_sd([pick(run) for run in results[label]])
+        return f"{fmt.format(mean)} ± {fmt.format(sd)}"
+
+    rows = [("parameters", lambda r: r["params"], "{:,.0f}"),
+            ("train: reconstruction loss", lambda r: r["train"]["reconstruction_loss"], "{:.2f}"),
+            ("train: dynamics KL (objective)", lambda r: r["train"]["dynamics_kl"], "{:.3f}"),
+            ("train: seconds / update", lambda r: r["train"]["seconds_per_update"], "{:.3f}")]
+    for game in args.games:
+        rows += [(f"{game} held-out: {name}", (lambda r, g=game, k=key: r[f"eval/{g}"][k]), fmt)
+                 for key, name, fmt in HELDOUT_FIGURES]
+    print("| figure | " + " | ".join(args.variants) + " |")
+    print("|---|" + "---:|" * len(args.variants))
+    for name, pick, fmt in rows:
+        print(f"| {name} | " + " | ".join(cell(label, pick, fmt) for label in args.variants) + " |")
+    skipped = {label: sum(run["train"]["skipped_updates"] for run in results[label]) for label in args.variants}
+    print(f"\nMean ± standard deviation over {len(args.seeds)} seed(s). Training figures: mean over the last "
+          f"{max(1, args.updates // 10)} updates. Objective KL: MLP over all tokens, MaskGIT over its masked tokens "
+          "only (not comparable); sampling figures: all tokens under the distribution prior.sample() draws from "
+          f"(comparable). Perplexity is at most C/unimix; uniform = {wm_cfg.ClassDim}. Skipped updates: {skipped}.")
 
 
 if __name__ == "__main__":
