@@ -144,14 +144,14 @@ def load_weights(path: Path) -> dict:
 
 
 # ---------------------------------------------------------------------- results CSV
-def read_results(path: Path) -> dict[int, dict[str, str]]:
+def read_results(path: Path, fields: list[str] = CSV_FIELDS) -> dict[int, dict[str, str]]:
     """Rows of an existing results CSV by step, kept as text so rewriting leaves them unchanged."""
     if not path.exists():
         return {}
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        if reader.fieldnames != CSV_FIELDS:
-            raise EvalError(f"{path} has columns {reader.fieldnames}, expected {CSV_FIELDS}; "
+        if reader.fieldnames != fields:
+            raise EvalError(f"{path} has columns {reader.fieldnames}, expected {fields}; "
                             "move it aside to start a new table")
         rows = {}
         for row in reader:
@@ -161,18 +161,19 @@ def read_results(path: Path) -> dict[int, dict[str, str]]:
     return rows
 
 
-def write_results(path: Path, rows: dict[int, dict[str, str]]) -> None:
+def write_results(path: Path, rows: dict[int, dict[str, str]], fields: list[str] = CSV_FIELDS) -> None:
     """Write to a temporary file beside `path`, then rename over it: a killed evaluation
     leaves the previous complete table, never a half-written one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.DictWriter(f, CSV_FIELDS, lineterminator="\n")
+            writer = csv.DictWriter(f, fields, lineterminator="\n")
             writer.writeheader()
             writer.writerows(rows[step] for step in sorted(rows))
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)   # mkstemp creates it private
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -18,10 +18,7 @@ the weights file (keys newer than the run from -config_path or the run's model c
 no config overrides need repeating; -env_name and -config_path's prior are checked against it.
 """
 import argparse
-import csv
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,7 +29,7 @@ from tqdm import tqdm
 
 from agents import build_models
 from config import CONFIG_DIR, ConfigError, compose_config, config_name_from_path, stored_config
-from eval import EVAL_SEED_OFFSET, EvalError, checkpoint_steps, find_run, load_weights
+from eval import EVAL_SEED_OFFSET, EvalError, checkpoint_steps, find_run, load_weights, read_results, write_results
 from tools.video_prediction.fvd import I3D_SIZE, fvd_from_features, i3d_features
 from tools.video_prediction.figure import prediction_figure
 from tools.video_prediction.protocol import (ProtocolError, collect_episodes, cut_clips, open_loop_rollout,
@@ -136,35 +133,6 @@ def game_name(env_name: str) -> str:
     return env_name
 
 
-# ---------------------------------------------------------------------- results CSV
-def read_rows(path: Path) -> dict[int, dict[str, str]]:
-    if not path.exists():
-        return {}
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames != CSV_FIELDS:
-            raise EvalError(f"{path} has columns {reader.fieldnames}, expected {CSV_FIELDS}; move it aside")
-        return {int(row["step"]): row for row in reader}
-
-
-def write_rows(path: Path, rows: dict[int, dict[str, str]]) -> None:
-    """Temporary file beside `path`, fsync, rename: never a half-written table."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.DictWriter(f, CSV_FIELDS, lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(rows[step] for step in sorted(rows))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)   # mkstemp creates it private
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # ---------------------------------------------------------------------- the evaluation
 def run(args) -> dict[str, str]:
     began = time.perf_counter()
@@ -250,9 +218,9 @@ def run(args) -> dict[str, str]:
            "classes": str(world_model.num_classes), "i3d_size": str(args.i3d_size) if i3d is not None else "",
            "seed": str(args.seed), "seconds": f"{finished - began:.1f}"}
     csv_path = args.output_dir / f"{args.run_name}.csv"
-    rows = read_rows(csv_path)
+    rows = read_results(csv_path, CSV_FIELDS)
     rows[step] = row
-    write_rows(csv_path, rows)
+    write_results(csv_path, rows, CSV_FIELDS)
 
     outputs = [str(csv_path)]
     if args.figure_clips > 0:

@@ -126,7 +126,11 @@ def play(env_name, num_envs, seed, world_model=None, agent=None, context_length=
 
 
 class _NoModel:
+    """Stands in for the world model when EnvActor acts at random: keeps an empty history."""
     device = torch.device("cpu")
+
+    def encode_sample(self, obs):
+        return torch.zeros(obs.shape[0], 1, 1)
 
 
 def load_trained(weights_path):

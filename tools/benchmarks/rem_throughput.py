@@ -9,7 +9,6 @@ one imagination step (POP's two calls) at the controller's batch.
 """
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -18,19 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from config import compose_config  # noqa: E402
 from sub_models.rem import build_rem_models  # noqa: E402
+from tools.benchmarks.throughput import timed  # noqa: E402
 from utils import select_device  # noqa: E402
-
-
-def timed(fn, repeats: int, device: torch.device) -> float:
-    fn()  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / repeats
 
 
 def main(argv=None):

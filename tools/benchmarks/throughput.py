@@ -5,6 +5,7 @@ step of the real models on random data of the configured sizes; prints milliseco
 phase and the implied env steps/s after the warm-up (environment time excluded).
 
     python tools/benchmarks/throughput.py                       # full size (paper config), STORM
+    python tools/benchmarks/throughput.py --config STORM,GITSTORM   # both, side by side, with the ratio
     python tools/benchmarks/throughput.py --config GITSTORM --device cuda
     python tools/benchmarks/throughput.py --config GITSTORM --override +preset=cpu
     python tools/benchmarks/throughput.py --config GITSTORM_DMC --continuous --actions 6
@@ -90,7 +91,8 @@ class Phases:
         return self.agent.policy(z, h).cpu()
 
 
-def phases_mode(cfg, args, device):
+def phases_mode(cfg, args, device, config_name):
+    """Times the three phases; returns (world-model update, imagination + agent update, acting) seconds."""
     train = cfg.JointTrainAgent
     phases = Phases(cfg, args, device)
     world_model_s = timed(phases.world_model_update, args.repeats, device)
@@ -98,7 +100,7 @@ def phases_mode(cfg, args, device):
     act_s = timed(phases.act, args.repeats, device)
     total = (world_model_s / train.TrainDynamicsEverySteps + agent_s / train.TrainAgentEverySteps + act_s)
     steps_per_s = train.NumEnvs / total
-    print(f"config {args.config} {' '.join(args.override)} | device {device}{' bf16' if phases.bf16 else ''} | "
+    print(f"config {config_name} {' '.join(args.override)} | device {device}{' bf16' if phases.bf16 else ''} | "
           f"{torch.get_num_threads()} thread(s) | world model "
           f"{sum(p.numel() for p in phases.world_model.parameters()) / 1e6:.2f}M params")
     print(f"world-model update ({train.BatchSize}x{train.BatchLength}): {world_model_s * 1e3:8.1f} ms")
@@ -107,6 +109,7 @@ def phases_mode(cfg, args, device):
     print(f"acting ({train.NumEnvs} env, context {train.RealityContextLength}): {act_s * 1e3:8.1f} ms")
     print(f"=> {steps_per_s:.2f} env steps/s after warm-up; {train.SampleMaxSteps:,} steps would take "
           f"{(train.SampleMaxSteps - train.BufferWarmUp) / steps_per_s / 3600:.1f} h (environment time excluded)")
+    return world_model_s, agent_s, act_s
 
 
 def compile_check_mode(cfg, args, device):
@@ -189,7 +192,8 @@ def loop_mode(cfg, args, device):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="STORM", help="config name in config_files/ (STORM, GITSTORM, ...)")
+    parser.add_argument("--config", default="STORM",
+                        help="config name in config_files/ (STORM, GITSTORM, ...); phases mode: several, comma-separated")
     parser.add_argument("--override", action="append", default=[], help="Hydra override, repeatable")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -211,14 +215,22 @@ def main():
 
     overrides = list(args.override) + ([f"BasicSettings.env_name={args.env}", f"BasicSettings.Device={args.device}"]
                                        if args.loop else [])
-    cfg = compose_config(args.config, overrides)
     device = select_device(args.device)
+    names = args.config.split(",")
+    if len(names) > 1 and (args.loop or args.compile_check):
+        parser.error("--loop and --compile-check take one --config")
     if args.loop:
-        loop_mode(cfg, args, device)
+        loop_mode(compose_config(args.config, overrides), args, device)
     elif args.compile_check:
-        compile_check_mode(cfg, args, device)
+        compile_check_mode(compose_config(args.config, overrides), args, device)
     else:
-        phases_mode(cfg, args, device)
+        timings = {name: phases_mode(compose_config(name, overrides), args, device, name) for name in names}
+        if len(names) > 1:
+            base = names[0]
+            for name in names[1:]:
+                ratios = [t / b for t, b in zip(timings[name], timings[base])]
+                print(f"{name} / {base}: world-model update {ratios[0]:.2f}x, imagination + agent update "
+                      f"{ratios[1]:.2f}x, acting {ratios[2]:.2f}x")
 
 
 if __name__ == "__main__":
