@@ -1,4 +1,4 @@
-"""The optimiser step of the world model and the agent: Adam that skips, on the device, an
+"""The optimiser step of every model here: fused Adam / AdamW that skips, on the device, an
 update whose loss or gradient is not finite.
 
 Deciding "skip" on the host (`if bool(torch.isfinite(loss))`) would stall the CPU until the
@@ -16,9 +16,9 @@ def make_adam(params, lr: float, eps: float) -> torch.optim.Adam:
     return torch.optim.Adam(params, lr=lr, eps=eps, fused=True)
 
 
-def guarded_step(optimizer: torch.optim.Adam, loss: torch.Tensor, max_grad_norm: float):
-    """Backward `loss`, clip the global gradient norm to `max_grad_norm`, and take the Adam
-    step only if the loss and the gradient norm are finite. Returns (grad_norm, finite) as
+def guarded_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, max_grad_norm: float):
+    """Backward `loss`, clip the global gradient norm to `max_grad_norm`, and take the step of
+    `optimizer` (a fused Adam or AdamW) only if the loss and the gradient norm are finite. Returns (grad_norm, finite) as
     0-dim device tensors; nothing here waits for the device."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

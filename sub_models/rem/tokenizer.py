@@ -19,6 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from sub_models.optim import guarded_step
+
 
 def preprocess(obs: Tensor) -> Tensor:
     """uint8 frames (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""
@@ -100,7 +102,8 @@ class Tokenizer(nn.Module):
         nn.init.uniform_(self.embedding.weight, -1.0 / cfg.VocabSize, 1.0 / cfg.VocabSize)
         self.post_quant_conv = nn.Conv2d(cfg.EmbedDim, cfg.EmbedDim, 1)
         self.decoder = Decoder(cfg.InChannels, cfg.BaseChannels, cfg.DownsampleSteps, cfg.NormGroups, cfg.EmbedDim)
-        self.optimizer = torch.optim.AdamW(self.parameters(), lr=cfg.LearningRate, weight_decay=cfg.WeightDecay)
+        self.optimizer = torch.optim.AdamW(self.parameters(), lr=cfg.LearningRate, weight_decay=cfg.WeightDecay,
+                                           fused=True)   # fused: guarded_step skips on the device
 
     @property
     def codebook(self) -> Tensor:
@@ -168,15 +171,10 @@ class Tokenizer(nn.Module):
                    "tokenizer/codebook_perplexity": perplexity.detach()}
         return total, metrics
 
-    def update(self, obs: Tensor) -> tuple[dict, bool]:
-        """One AdamW step on a batch of frames; a non-finite loss or gradient skips the step."""
+    def update(self, obs: Tensor) -> tuple[dict, Tensor]:
+        """One AdamW step on a batch of frames; a non-finite loss or gradient skips the step
+        (decided on the device: `finite` is a 0-dim bool tensor, sub_models/optim.py)."""
         self.train()
         total, metrics = self.loss(obs)
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        grad_norm = nn.utils.clip_grad_norm_(self.parameters(), self.cfg.MaxGradNorm)
-        finite = bool(torch.isfinite(grad_norm) & torch.isfinite(total))
-        if finite:
-            self.optimizer.step()
-        metrics["tokenizer/grad_norm"] = grad_norm.detach()
+        metrics["tokenizer/grad_norm"], finite = guarded_step(self.optimizer, total, self.cfg.MaxGradNorm)
         return metrics, finite

@@ -31,6 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from sub_models.optim import guarded_step
 from sub_models.rem.retention import RetNet
 
 IGNORE = -100
@@ -67,7 +68,7 @@ class POPWorldModel(nn.Module):
         params = list(self.parameters())
         groups = [{"params": [p for p in params if id(p) in decay], "weight_decay": weight_decay},
                   {"params": [p for p in params if id(p) not in decay], "weight_decay": 0.0}]
-        return torch.optim.AdamW(groups, lr=lr)
+        return torch.optim.AdamW(groups, lr=lr, fused=True)   # fused: guarded_step skips on the device
 
     @property
     def device(self) -> torch.device:
@@ -165,17 +166,12 @@ class POPWorldModel(nn.Module):
                    "world_model/reward_loss": reward_loss.detach(), "world_model/termination_loss": end_loss.detach()}
         return total, metrics
 
-    def update(self, tokens, actions, rewards, terminations, codebook, mask=None) -> tuple[dict, bool]:
-        """One AdamW step; a non-finite loss or gradient skips the step."""
+    def update(self, tokens, actions, rewards, terminations, codebook, mask=None) -> tuple[dict, Tensor]:
+        """One AdamW step; a non-finite loss or gradient skips the step (decided on the device:
+        `finite` is a 0-dim bool tensor, sub_models/optim.py)."""
         self.train()
         total, metrics = self.loss(tokens, actions, rewards, terminations, codebook, mask)
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        grad_norm = nn.utils.clip_grad_norm_(self.parameters(), self.cfg.MaxGradNorm)
-        finite = bool(torch.isfinite(grad_norm) & torch.isfinite(total))
-        if finite:
-            self.optimizer.step()
-        metrics["world_model/grad_norm"] = grad_norm.detach()
+        metrics["world_model/grad_norm"], finite = guarded_step(self.optimizer, total, self.cfg.MaxGradNorm)
         return metrics, finite
 
     # ------------------------------------------------------------------ imagination
