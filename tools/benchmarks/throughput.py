@@ -6,6 +6,7 @@ phase and the implied env steps/s after the warm-up (environment time excluded).
 
     python tools/benchmarks/throughput.py                       # full size (paper config), STORM
     python tools/benchmarks/throughput.py --config STORM,GITSTORM   # both, side by side, with the ratio
+    python tools/benchmarks/throughput.py --config STORM,GITSTORM --compile   # the same, compiled
     python tools/benchmarks/throughput.py --config GITSTORM --device cuda
     python tools/benchmarks/throughput.py --config GITSTORM --override +preset=cpu
     python tools/benchmarks/throughput.py --config GITSTORM_DMC --continuous --actions 6
@@ -95,12 +96,16 @@ def phases_mode(cfg, args, device, config_name):
     """Times the three phases; returns (world-model update, imagination + agent update, acting) seconds."""
     train = cfg.JointTrainAgent
     phases = Phases(cfg, args, device)
+    if args.compile:   # BasicSettings.Compile; the first (timed-out) call of each phase compiles
+        phases.world_model.compile_hot_paths()
+        phases.agent.compile_hot_paths()
     world_model_s = timed(phases.world_model_update, args.repeats, device)
     agent_s = timed(phases.imagine_and_update, args.repeats, device)
     act_s = timed(phases.act, args.repeats, device)
     total = (world_model_s / train.TrainDynamicsEverySteps + agent_s / train.TrainAgentEverySteps + act_s)
     steps_per_s = train.NumEnvs / total
     print(f"config {config_name} {' '.join(args.override)} | device {device}{' bf16' if phases.bf16 else ''} | "
+          f"{'compiled' if args.compile else 'eager'} | "
           f"{torch.get_num_threads()} thread(s) | world model "
           f"{sum(p.numel() for p in phases.world_model.parameters()) / 1e6:.2f}M params")
     print(f"world-model update ({train.BatchSize}x{train.BatchLength}): {world_model_s * 1e3:8.1f} ms")
@@ -201,6 +206,7 @@ def main():
                         help="action count (Atari full set: 18) or, with --continuous, action dimensions (walker: 6)")
     parser.add_argument("--continuous", action="store_true", help="continuous actions in [-1, 1] (DMC)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--compile", action="store_true", help="phases mode: time the compiled hot paths")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--loop", action="store_true", help="time train.py's loop on a real env (--env, --steps)")
     mode.add_argument("--compile-check", action="store_true", help="eager vs compiled: losses and speed")
