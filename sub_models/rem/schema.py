@@ -4,25 +4,11 @@
 "REM"; unknown keys, wrong types and missing values are reported the same way.
 """
 from dataclasses import dataclass, field
-from typing import Optional
 
 from omegaconf import MISSING, OmegaConf
 
-
-@dataclass
-class REMBasicSettingsSchema:
-    n: Optional[str] = None
-    env_name: str = MISSING
-    model: str = MISSING
-    config_path: str = MISSING
-    Seed: int = MISSING
-    ImageSize: int = MISSING
-    Device: str = MISSING
-    MixedPrecision: str = MISSING
-    Compile: Optional[bool] = None          # shared BasicSettings key (torch.compile switch of the STORM path)
-    Resume: str = MISSING
-    RunsDir: str = MISSING
-    CheckpointDir: str = MISSING
+import config
+from config import BasicSettingsSchema   # the BasicSettings section is shared with STORM's configs
 
 
 @dataclass
@@ -116,15 +102,12 @@ class REMModelsSchema:
 
 @dataclass
 class REMConfigSchema:
-    BasicSettings: REMBasicSettingsSchema = field(default_factory=REMBasicSettingsSchema)
+    BasicSettings: BasicSettingsSchema = field(default_factory=BasicSettingsSchema)
     REMTrain: REMTrainSchema = field(default_factory=REMTrainSchema)
     Models: REMModelsSchema = field(default_factory=REMModelsSchema)
 
 
-CHOICES = {
-    "BasicSettings.MixedPrecision": ("auto", "bf16", "fp32"),
-    "BasicSettings.Resume": ("auto", "fresh"),
-}
+CHOICES = {path: allowed for path, allowed in config.CHOICES.items() if path.startswith("BasicSettings.")}
 
 POSITIVE = (
     "REMTrain.Epochs", "REMTrain.CollectStepsPerEpoch", "REMTrain.NumEnvs", "REMTrain.TokenizerBatchSize",
