@@ -27,6 +27,7 @@ class ConfigError(ValueError):
 class BasicSettingsSchema:
     n: Optional[str] = None
     env_name: str = MISSING
+    AtariProtocol: str = MISSING
     model: str = MISSING
     config_path: str = MISSING
     Seed: int = MISSING
@@ -157,6 +158,7 @@ CHOICES = {
     "Models.MaskGit.TrainTarget": ("current", "next"),
     "BasicSettings.MixedPrecision": ("auto", "bf16", "fp32"),
     "BasicSettings.Resume": ("auto", "fresh"),
+    "BasicSettings.AtariProtocol": ("storm", "iris"),
 }
 
 
@@ -198,9 +200,10 @@ def validate(cfg: DictConfig) -> DictConfig:
     if rem:
         from sub_models.rem.schema import check_rem
         check_rem(typed, _require)
-        return typed
-    _check_choices(typed)
-    _check_sizes(typed)
+    else:
+        _check_choices(typed)
+        _check_sizes(typed)
+    _check_atari_protocol(typed.BasicSettings)
     return typed
 
 
@@ -209,6 +212,13 @@ def _check_choices(cfg):
         value = OmegaConf.select(cfg, path)
         if value not in allowed:
             raise ConfigError(f"{path}={value!r}: expected one of {', '.join(allowed)}")
+
+
+def _check_atari_protocol(basic):
+    """The protocol is an Atari preprocessing choice; DMC and gym/ envs have one protocol."""
+    _require(basic.AtariProtocol == "storm" or basic.env_name.startswith("ALE/"), "BasicSettings.AtariProtocol",
+             basic.AtariProtocol, f"expected 'storm' for BasicSettings.env_name={basic.env_name!r}: the "
+             "iris protocol applies to Atari ('ALE/<Game>-v5') envs only")
 
 
 def _require(condition, path, value, expected):
@@ -306,14 +316,17 @@ def load_config(cfg: DictConfig) -> DictConfig:
     return _select_model_config(cfg, hydra_cfg.job.config_name, list(hydra_cfg.overrides.task))
 
 
-def config_differences(saved: dict, cfg: DictConfig, keys: tuple[str, ...] = ("BasicSettings.env_name",)) -> list[str]:
+def config_differences(saved: dict, cfg: DictConfig,
+                       keys: tuple[str, ...] = ("BasicSettings.env_name", "BasicSettings.AtariProtocol")) -> list[str]:
     """How `cfg` differs from a checkpoint's stored config, over everything that shapes the
-    model (the whole Models section) and the extra dotted `keys`: one line per key."""
+    model (the whole Models section) and the extra dotted `keys`: one line per key. A key
+    the checkpoint lacks is no difference (see `_diff`)."""
     current = OmegaConf.to_container(cfg, resolve=True)
     differences = _diff(saved.get("Models", "<missing>"), current["Models"], "Models")
     for key in keys:
         section, name = key.split(".", 1)
-        differences += _diff(saved.get(section, {}).get(name, "<missing>"), current[section][name], key)
+        if name in saved.get(section, {}):
+            differences += _diff(saved[section][name], current[section][name], key)
     return differences
 
 

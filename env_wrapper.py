@@ -17,14 +17,31 @@ Environment names
                            "gym/tests.pixel_games:PixelSide-v0" (the tiny pixel game
                            of the learning test); see "Other gymnasium envs" below.
 
-Atari (SPEC section 3): ALE v5 with frameskip=1 underneath (sticky actions p=0.25,
-episodes truncated at 108k frames), then action repeat 4 with rewards summed
-(the last step's reward included), the elementwise max of the last two frames, and
-a resize to image_size x image_size RGB with cv2.INTER_AREA. No grayscale, frame
-stack, reward clipping or noop/fire reset. A training env (training=True) reports a
-lost life in info["life_loss"] and carries on: the episode ends only at game over,
-so the training loop uses life_loss | terminated as the world model's termination
-target. An evaluation env never reports life loss.
+Atari, protocol "storm" (the default; SPEC section 3): ALE v5 with frameskip=1
+underneath (sticky actions p=0.25, episodes truncated at 108k frames), then action
+repeat 4 with rewards summed (the last step's reward included), the elementwise max
+of the last two frames, and a resize of that max to image_size x image_size RGB with
+cv2.INTER_AREA. No grayscale, frame stack, reward clipping or noop/fire reset.
+
+Atari, protocol "iris" (REM's and IRIS's, ../shared/REM_SPEC.md section 2): the names
+stay "ALE/<Game>-v5", but the ALE env underneath has the settings of
+<Game>NoFrameskip-v4 (no sticky actions, minimal action set, frameskip 1), built
+from the v5 id because many games have no v4 id. Every raw frame is resized to
+image_size RGB with PIL's BILINEAR filter *before* the max of the last two frames
+(REM resizes the per-frame env). Episodes are truncated (truncated=True) at 20,000
+frames in a training env and 108,000 in an evaluation env, no-op frames included.
+Each reset is followed by no-ops (action 0), 1 to 30 drawn uniformly in a training
+env and exactly 1 in an evaluation env, from the ALE env's own seeded generator;
+their rewards are dropped and the observation after reset is the last no-op's frame.
+Action repeat 4, reward sum and life loss as for "storm". REM's EpisodicLifeEnv,
+which takes one extra no-op step after a life loss instead of a reset, is not
+reproduced (README, Deviations).
+
+Both protocols: a training env (training=True) reports a lost life in
+info["life_loss"] and carries on: the episode ends only at game over (or the frame
+cap), so the training loop uses life_loss | terminated as the world model's
+termination target. An evaluation env never reports life loss. The protocol applies
+to Atari only: the other families have one protocol, and "iris" raises for them.
 
 DMC: dm_control suite rendered by MuJoCo from camera 0 (quadruped: camera 2),
 action repeat 2 with rewards summed, actions in Box(-1, 1) rescaled to the task's
@@ -70,6 +87,7 @@ import ale_py
 import cv2
 import gymnasium
 import numpy as np
+from PIL import Image
 
 gymnasium.register_envs(ale_py)
 
@@ -92,6 +110,13 @@ ATARI_ACTION_REPEAT = 4
 DMC_ACTION_REPEAT = 2
 STICKY_ACTION_PROBABILITY = 0.25  # ALE v5's default (Machado et al., 2018)
 
+ATARI_PROTOCOLS = ("storm", "iris")
+ATARI_FRAME_CAP = 108_000         # frames per episode: ALE v5's default and REM's evaluation cap
+IRIS_TRAINING_FRAME_CAP = 20_000  # REM's TimeLimit(20000) on the per-frame training env
+IRIS_TRAINING_MAX_NOOPS = 30      # REM's noop_max: 1 to 30 no-ops after each training reset
+IRIS_EVALUATION_MAX_NOOPS = 1     # REM's test env: integers(1, 2), i.e. exactly 1 no-op
+NOOP_ACTION = 0                   # the first action of every minimal action set is NOOP
+
 
 def is_dmc(env_name: str) -> bool:
     return isinstance(env_name, str) and env_name.startswith("dmc/")
@@ -108,16 +133,31 @@ def _unknown_name_error(kind, env_name, valid_names):
     return ValueError(f"unknown {kind} {env_name!r}; {hint}")
 
 
-class AtariPreprocessing(gymnasium.Wrapper):
-    """Action repeat, max of the last two frames, resize, life-loss flag, seed once."""
+def _resize_cv2_area(frame, image_size):
+    return cv2.resize(frame, (image_size, image_size), interpolation=cv2.INTER_AREA)
 
-    def __init__(self, env, image_size, training, seed):
+
+def _resize_pil_bilinear(frame, image_size):
+    return np.asarray(Image.fromarray(frame).resize((image_size, image_size), Image.BILINEAR))
+
+
+class AtariPreprocessing(gymnasium.Wrapper):
+    """Action repeat, max of the last two frames, resize, no-op starts, life-loss flag, seed once."""
+
+    def __init__(self, env, image_size, training, seed, protocol):
         super().__init__(env)
         self.image_size = image_size
         self.training = training
         self.observation_space = gymnasium.spaces.Box(
             0, 255, (image_size, image_size, 3), np.uint8
         )
+        iris = protocol == "iris"
+        # REM resizes every raw frame and takes the max of the resized frames; STORM
+        # takes the max of the raw frames and resizes that.
+        self._resize_before_max = iris
+        self._resize = _resize_pil_bilinear if iris else _resize_cv2_area
+        # 0: no no-op starts (storm)
+        self._max_noops = (IRIS_TRAINING_MAX_NOOPS if training else IRIS_EVALUATION_MAX_NOOPS) if iris else 0
         self._first_reset_seed = seed
         self._lives = 0
         self._previous_frame = None
@@ -125,17 +165,32 @@ class AtariPreprocessing(gymnasium.Wrapper):
 
     def _observation(self):
         # The max over two consecutive frames removes the flicker of Atari sprites
-        # that are drawn only on every other frame.
-        frame = np.maximum(self._previous_frame, self._frame)
-        size = (self.image_size, self.image_size)
-        return cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+        # that are drawn only on every other frame. Under iris only these two frames
+        # are resized: the same result as REM's resizing of all four, at half the cost.
+        if self._resize_before_max:
+            return np.maximum(self._resize(self._previous_frame, self.image_size),
+                              self._resize(self._frame, self.image_size))
+        return self._resize(np.maximum(self._previous_frame, self._frame), self.image_size)
+
+    def _noop_start(self, frame, info, options):
+        """REM's NoopResetEnv: a random number of no-op frames after the reset."""
+        # The ALE env's generator was seeded by the first reset, so a seed repeats its
+        # no-op counts while later episodes draw new ones.
+        num_noops = self.env.unwrapped.np_random.integers(1, self._max_noops + 1)
+        for _ in range(num_noops):
+            frame, _, terminated, truncated, info = self.env.step(NOOP_ACTION)
+            if terminated or truncated:
+                frame, info = self.env.reset(options=options)
+        return frame, info
 
     def reset(self, *, seed=None, options=None):
-        # Reseeding at every reset would replay the same sticky-action draws in every
-        # episode (a bug of the authors' wrapper): seed only at the first reset.
+        # Reseeding at every reset would replay the same sticky-action draws (and no-op
+        # counts) in every episode (a bug of the authors' wrapper): seed only at the first reset.
         seed = self._first_reset_seed if seed is None else seed
         self._first_reset_seed = None
         frame, info = self.env.reset(seed=seed, options=options)
+        if self._max_noops:
+            frame, info = self._noop_start(frame, info, options)
         self._previous_frame = self._frame = frame
         self._lives = info["lives"]
         info["life_loss"] = False
@@ -230,20 +285,24 @@ class DMCEnv(gymnasium.Env):
         self._env.close()
 
 
-def _make_atari(env_name, seed, training, image_size, repeat_action_probability):
+def _make_atari(env_name, seed, training, image_size, repeat_action_probability, protocol):
     valid_names = sorted(
         env_id for env_id in gymnasium.registry
         if env_id.startswith("ALE/") and env_id.endswith("-v5")
     )
     if env_name not in valid_names:
         raise _unknown_name_error("Atari game", env_name, valid_names)
+    iris = protocol == "iris"
+    if repeat_action_probability is None:
+        repeat_action_probability = 0.0 if iris else STICKY_ACTION_PROBABILITY
     env = gymnasium.make(
         env_name,
         frameskip=1,
         full_action_space=False,
         repeat_action_probability=repeat_action_probability,
+        max_num_frames_per_episode=IRIS_TRAINING_FRAME_CAP if iris and training else ATARI_FRAME_CAP,
     )
-    return AtariPreprocessing(env, image_size, training, seed)
+    return AtariPreprocessing(env, image_size, training, seed, protocol)
 
 
 def _make_dmc(env_name, seed, image_size):
@@ -307,25 +366,39 @@ def _make_gym_module_env(env_name, seed, image_size):
     return GymModuleEnv(env, seed)
 
 
+def _check_protocol(env_name, protocol):
+    if protocol not in ATARI_PROTOCOLS:
+        raise ValueError(f"unknown Atari protocol {protocol!r}: expected one of "
+                         f"{', '.join(map(repr, ATARI_PROTOCOLS))}")
+    if protocol != "storm" and not (isinstance(env_name, str) and env_name.startswith("ALE/")):
+        raise ValueError(f"protocol={protocol!r} applies to Atari ('ALE/<Game>-v5') envs only; "
+                         f"{env_name!r} has a single protocol, protocol='storm'")
+
+
 def make_env(
     env_name: str,
     seed: int,
     training: bool,
     image_size: int = 64,
     *,
-    repeat_action_probability: float = STICKY_ACTION_PROBABILITY,
+    repeat_action_probability: float | None = None,
+    protocol: str = "storm",
 ) -> gymnasium.Env:
     """One training (training=True) or evaluation env; see the module docstring.
 
     env_name picks the family: "ALE/<Game>-v5", "dmc/<domain>_<task>", or
     "gym/<module>:<EnvId>" (a gymnasium env registered by importing <module>, whose
     observations must already be (image_size, image_size, 3) uint8; life_loss always False).
-    repeat_action_probability applies to Atari only (tests turn sticky actions off).
+    protocol picks the Atari preprocessing: "storm" (this project's) or "iris" (REM's
+    and IRIS's); other families accept only "storm".
+    repeat_action_probability applies to Atari only; None means the protocol's
+    (storm 0.25, iris 0; tests turn sticky actions off under storm).
     """
     _check_int("seed", seed, 0)
     _check_int("image_size", image_size, 1)
+    _check_protocol(env_name, protocol)
     if isinstance(env_name, str) and env_name.startswith("ALE/"):
-        env = _make_atari(env_name, seed, training, image_size, repeat_action_probability)
+        env = _make_atari(env_name, seed, training, image_size, repeat_action_probability, protocol)
     elif is_dmc(env_name):
         env = _make_dmc(env_name, seed, image_size)
     elif is_gym_module_env(env_name):
@@ -350,12 +423,17 @@ def make_vector_env(
     training: bool,
     image_size: int = 64,
     asynchronous: bool = False,
+    *,
+    protocol: str = "storm",
 ) -> gymnasium.vector.VectorEnv:
-    """num_envs envs, env i seeded with seed + i, reset in the step that ends them."""
+    """num_envs envs of make_env (protocol passed on), env i seeded with seed + i,
+    reset in the step that ends them."""
     _check_int("num_envs", num_envs, 1)
     _check_int("seed", seed, 0)
+    # Checked here too: an async vector env would report it from a worker process.
+    _check_protocol(env_name, protocol)
     env_fns = [
-        functools.partial(make_env, env_name, seed + i, training, image_size)
+        functools.partial(make_env, env_name, seed + i, training, image_size, protocol=protocol)
         for i in range(num_envs)
     ]
     vector_env_class = (

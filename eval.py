@@ -28,11 +28,11 @@ import torch
 from hydra.errors import HydraException
 from tqdm import tqdm
 
-from acting import EnvActor
+from acting import make_actor
 from config import (CONFIG_DIR, ConfigError, compose_config, config_differences, config_name_from_path,
                     stored_config)
 from env_wrapper import make_vector_env
-from agents import build_models
+from agents import build_run_models
 from utils import load_checkpoint_file, seed_everything, select_device, use_bf16
 
 CSV_FIELDS = ["step", "episode_avg_return", "episode_std", "episode_min", "episode_max", "episodes"]
@@ -46,20 +46,23 @@ class EvalError(Exception):
 
 
 @torch.no_grad()
-def evaluate_checkpoint(world_model, agent, cfg, env_name: str, episodes: int, num_envs: int, seed: int,
+def evaluate_checkpoint(models: dict, cfg, env_name: str, episodes: int, num_envs: int, seed: int,
                         max_steps: int | None = None,
                         on_episode_end: Callable[[float], None] | None = None) -> np.ndarray:
-    """Play `episodes` episodes on `num_envs` parallel evaluation envs; returns their returns.
+    """Play `episodes` episodes on `num_envs` parallel evaluation envs with the acting rule of
+    the config's model family (acting.make_actor; `models` as built by agents.build_run_models);
+    returns their returns.
 
     Each env plays a number of episodes fixed in advance (episodes / num_envs, the remainder
     spread over the first envs). Counting "the first `episodes` to finish" instead would
     favour short episodes. An env that has played its share keeps stepping (a vector env
     steps all envs together) but its further episodes are not counted.
 
-    The acting history (EnvActor) runs on across an env's episode boundary, exactly as in
-    training: the world model was trained on replayed sequences that cross boundaries, and
-    a per-env history reset would need a ragged batch. Envs and the torch RNG are seeded
-    with `seed`, so every checkpoint meets the same env randomness and a rerun repeats.
+    STORM / GIT-STORM's acting history (EnvActor) runs on across an env's episode boundary,
+    exactly as in training: the world model was trained on replayed sequences that cross
+    boundaries, and a per-env history reset would need a ragged batch. REM's controller starts
+    each episode from a zero LSTM state, as REM does. Envs and the torch RNG are seeded with
+    `seed`, so every checkpoint meets the same env randomness and a rerun repeats.
 
     `max_steps` caps an episode's length in agent steps; a capped episode counts with the
     return it had so far and its env starts a new episode.
@@ -69,12 +72,12 @@ def evaluate_checkpoint(world_model, agent, cfg, env_name: str, episodes: int, n
     if max_steps is not None and max_steps < 1:
         raise ValueError(f"max_steps={max_steps}: expected a positive number of agent steps or None")
     seed_everything(seed)
-    world_model.eval()
-    agent.eval()
-    envs = make_vector_env(env_name, num_envs, seed, training=False, image_size=cfg.BasicSettings.ImageSize)
+    for module in models.values():
+        module.eval()
+    envs = make_vector_env(env_name, num_envs, seed, training=False, image_size=cfg.BasicSettings.ImageSize,
+                           protocol=cfg.BasicSettings.AtariProtocol)
     try:
-        actor = EnvActor(world_model, agent, envs.single_action_space, num_envs,
-                         cfg.JointTrainAgent.RealityContextLength)
+        actor = make_actor(cfg, models, envs.single_action_space, num_envs, evaluation=True)
         quota = np.full(num_envs, episodes // num_envs)
         quota[:episodes % num_envs] += 1
         played = np.zeros(num_envs, dtype=np.int64)
@@ -96,6 +99,7 @@ def evaluate_checkpoint(world_model, agent, cfg, env_name: str, episodes: int, n
                     on_episode_end(float(episode_return[i]))
             episode_return[ended] = 0.0
             episode_length[ended] = 0
+            actor.end_episodes(ended)
             # The vector env resets an env by itself only when its episode finishes; an env
             # cut by max_steps that still owes episodes is restarted here.
             restart = capped & (played < quota)
@@ -136,7 +140,7 @@ def load_weights(path: Path) -> dict:
     except RuntimeError as error:
         raise EvalError(f"{error} (the file is corrupt or incomplete; move it out of the run folder "
                         "to evaluate the other checkpoints)") from None
-    expected = {"step", "world_model", "agent", "config", "action_dim", "discrete"}
+    expected = {"step", "config", "action_dim", "discrete"}   # + one entry per model (checked when loaded)
     missing = expected - set(weights if isinstance(weights, dict) else ())
     if missing:
         raise EvalError(f"{path} is not a weights file written by train.py: missing {', '.join(sorted(missing))}")
@@ -261,7 +265,9 @@ def model_config(weights: dict, given, path: Path, env_name: str):
         raise EvalError(f"{path}: its stored config cannot be read: {error}") from None
     if cfg.BasicSettings.env_name != env_name:
         raise EvalError(f"{path} was trained on {cfg.BasicSettings.env_name!r}, not -env_name={env_name!r}")
-    differences = config_differences(weights["config"], given, ("JointTrainAgent.RealityContextLength",))
+    acting_keys = (("REMTrain.EvalTemperature",) if cfg.BasicSettings.model == "REM"
+                   else ("JointTrainAgent.RealityContextLength",))
+    differences = config_differences(weights["config"], given, acting_keys)
     if differences:
         print(f"warning: {path} was trained with another configuration than the one given; evaluating with "
               "the stored one:\n  " + "\n  ".join(differences), file=sys.stderr)
@@ -270,7 +276,7 @@ def model_config(weights: dict, given, path: Path, env_name: str):
 
 def run(args: argparse.Namespace) -> None:
     given = load_eval_config(args.config_path, args.env_name, args.overrides)
-    try:   # one env: an unknown env name fails here, before anything is loaded
+    try:   # one env: an unknown env name fails here, before anything is loaded (the protocol is the stored config's)
         make_vector_env(args.env_name, 1, 0, training=False, image_size=given.BasicSettings.ImageSize).close()
     except ValueError as error:
         raise EvalError(f"-env_name: {error}") from None
@@ -300,18 +306,21 @@ def run(args: argparse.Namespace) -> None:
         if weights["config"] != built_for:   # every checkpoint of a run shares one config: built once
             cfg = model_config(weights, given, path, args.env_name)
             bf16 = use_bf16(cfg.BasicSettings.MixedPrecision, device)
-            models = build_models(cfg, weights["action_dim"], weights["discrete"], device, bf16)
+            models = build_run_models(cfg, weights["action_dim"], weights["discrete"], device, bf16)
             built_for = weights["config"]
-        world_model, agent = models
+        missing = [name for name in models if name not in weights]
+        if missing:
+            raise EvalError(f"{path} holds no {', '.join(missing)} weights: not a weights file of a "
+                            f"{cfg.BasicSettings.model} run written by train.py")
         try:
-            world_model.load_state_dict(weights["world_model"])
-            agent.load_state_dict(weights["agent"])
+            for name, module in models.items():
+                module.load_state_dict(weights[name])
         except RuntimeError as error:
             raise EvalError(f"{path}: weights do not fit the model built from its stored config: {error}") from None
 
         with tqdm(total=args.episodes, desc=f"{args.run_name} step {step}", unit="episode", dynamic_ncols=True,
                   disable=None) as bar:
-            returns = evaluate_checkpoint(world_model, agent, cfg, args.env_name, args.episodes, args.num_envs,
+            returns = evaluate_checkpoint(models, cfg, args.env_name, args.episodes, args.num_envs,
                                           args.seed + EVAL_SEED_OFFSET, args.max_steps,
                                           on_episode_end=lambda _: bar.update())
         results[step] = summary_row(step, returns)

@@ -168,9 +168,9 @@ class ReplayBuffer:
         env = env[:, None].to(storage_device)                                   # (B, 1), broadcasts over T
         slot = slot.to(storage_device)
         batch = (self.obs[env, slot], self.action[env, slot], self.reward[env, slot], self.termination[env, slot])
-        return tuple(self._to_device(x) for x in batch)
+        return tuple(self.to_device(x) for x in batch)
 
-    def _to_device(self, x: Tensor) -> Tensor:
+    def to_device(self, x: Tensor) -> Tensor:
         if self._pin_batches:
             # Pinned host memory lets the copy overlap with GPU work; torch's caching host
             # allocator keeps the pinned block alive until the copy has finished.

@@ -1,9 +1,11 @@
-"""Train STORM or GIT-STORM: collect real steps, and after the warm-up, per env step one
-world-model update and one agent update in imagination (paper table 8).
+"""Train STORM or GIT-STORM (collect real steps, and after the warm-up, per env step one
+world-model update and one agent update in imagination; paper table 8) or REM (epochs of
+collection, then tokenizer, world-model and controller updates; sub_models/rem/trainer.py).
 
     python train.py BasicSettings.env_name=ALE/Boxing-v5                                   # STORM
     python train.py BasicSettings.config_path=config_files/GITSTORM.yaml BasicSettings.env_name=ALE/Boxing-v5
     python train.py --config-name GITSTORM +preset=cpu                                     # quick CPU run
+    python train.py --config-name REM BasicSettings.env_name=ALE/Boxing-v5                 # REM
 
 Outputs: TensorBoard events in runs/<n>/, checkpoints in saved_models/<n>/. Re-running the
 same command resumes from the latest checkpoint (BasicSettings.Resume=fresh starts over).
@@ -84,29 +86,28 @@ class PhaseTimer:
         return seconds
 
 
-class Trainer:
-    def __init__(self, cfg: DictConfig):
-        self.cfg, train = cfg, cfg.JointTrainAgent
+class RunTrainer:
+    """What every model family's training shares: the run folders, device and precision, the
+    training envs, checkpoints and resume (models, optimisers, replay buffer, RNG), and the
+    logging of update figures, non-finite updates and episodes. A family's loop subclasses it,
+    fills `self.models` (name -> module with its `.optimizer`) and `self.buffer`, and writes `run`
+    (Trainer below for STORM / GIT-STORM, sub_models/rem/trainer.py for REM)."""
+
+    def __init__(self, cfg: DictConfig, num_envs: int, keep_checkpoints: int, max_non_finite: int):
+        self.cfg = cfg
         self.dirs = RunDirectories(cfg)
         self.device = select_device(cfg.BasicSettings.Device)
         self.bf16 = use_bf16(cfg.BasicSettings.MixedPrecision, self.device)
         seed_everything(cfg.BasicSettings.Seed)
+        self.keep_checkpoints, self.max_non_finite = keep_checkpoints, max_non_finite
 
-        self.num_envs = train.NumEnvs
-        self.envs = make_vector_env(cfg.BasicSettings.env_name, self.num_envs, cfg.BasicSettings.Seed,
-                                    training=True, image_size=cfg.BasicSettings.ImageSize)
+        self.num_envs = num_envs
+        self.envs = make_vector_env(cfg.BasicSettings.env_name, num_envs, cfg.BasicSettings.Seed, training=True,
+                                    image_size=cfg.BasicSettings.ImageSize, protocol=cfg.BasicSettings.AtariProtocol)
         self.action_space = self.envs.single_action_space
         self.action_dim, self.discrete = action_spec(self.action_space)
-        self.world_model, self.agent = build_models(cfg, self.action_dim, self.discrete, self.device, self.bf16)
-        self.compiled = use_compile(cfg.BasicSettings.Compile, self.device)
-        if self.compiled:
-            self.world_model.compile_hot_paths()
-            self.agent.compile_hot_paths()
-        on_device = train.BufferOnDevice and self.device.type == "cuda"
-        image = (cfg.BasicSettings.ImageSize, cfg.BasicSettings.ImageSize, 3)
-        self.buffer = ReplayBuffer(image, () if self.discrete else (self.action_dim,),
-                                   torch.long if self.discrete else torch.float32, self.num_envs,
-                                   train.BufferMaxLength, train.BufferWarmUp, self.device, on_device)
+        self.models: dict[str, torch.nn.Module] = {}
+        self.buffer: ReplayBuffer | None = None
         self.step = 0                 # env steps summed over envs
         self.episodes = 0
         self.last_return = float("nan")
@@ -116,26 +117,40 @@ class Trainer:
         self.longest_non_finite_run = torch.zeros((), dtype=torch.long, device=self.device)
         self.timer = PhaseTimer(self.device)
 
+    def start_message(self) -> str:
+        return f"{self.cfg.BasicSettings.env_name}, device {self.device}{' (bf16)' if self.bf16 else ''}"
+
+    def finished_message(self) -> str | None:
+        """Why there is nothing left to train, or None."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------------ checkpoints
+    def progress(self) -> dict:
+        """Where the loop stands, beyond models and buffer (a family adds its own counters)."""
+        return {"step": self.step, "episodes": self.episodes, "last_return": self.last_return}
+
+    def load_progress(self, state: dict) -> None:
+        self.step, self.episodes, self.last_return = state["step"], state["episodes"], state["last_return"]
+
     def state(self) -> dict:
-        return {
-            "step": self.step, "episodes": self.episodes, "last_return": self.last_return,
-            "world_model": self.world_model.state_dict(), "world_model_optimizer": self.world_model.optimizer.state_dict(),
-            "agent": self.agent.state_dict(), "agent_optimizer": self.agent.optimizer.state_dict(),
-            "rng": rng_state(), "config": OmegaConf.to_container(self.cfg, resolve=True),
-        }
+        models = {}
+        for name, module in self.models.items():
+            models[name] = module.state_dict()
+            models[f"{name}_optimizer"] = module.optimizer.state_dict()
+        return {**self.progress(), **models, "rng": rng_state(),
+                "config": OmegaConf.to_container(self.cfg, resolve=True)}
 
     def save(self) -> None:
         """Buffer first, then the checkpoint that names it: a kill between the two leaves the
         previous checkpoint and its own buffer file intact."""
         folder, step = self.dirs.checkpoints, self.step
         self.buffer.save(folder / f"replay_buffer_{step}.pt")
-        weights = {"step": step, "world_model": self.world_model.state_dict(), "agent": self.agent.state_dict(),
+        weights = {"step": step, **{name: module.state_dict() for name, module in self.models.items()},
                    "config": OmegaConf.to_container(self.cfg, resolve=True),
                    "action_dim": self.action_dim, "discrete": self.discrete}
         atomic_torch_save(weights, folder / f"weights_{step}.pt")
         atomic_torch_save(self.state() | {"replay_buffer": f"replay_buffer_{step}.pt"}, folder / f"checkpoint_{step}.pt")
-        for old in self.dirs.checkpoints_by_step()[:-self.cfg.JointTrainAgent.KeepCheckpoints]:
+        for old in self.dirs.checkpoints_by_step()[:-self.keep_checkpoints]:
             old.unlink()
         # Only the newest checkpoint keeps its buffer (a full one is ~1.2 GB); resuming always
         # starts from the newest, and weights_<step>.pt of every save stay for eval.py.
@@ -149,18 +164,99 @@ class Trainer:
         if differences:
             raise ValueError(f"{path} was written with a different configuration:\n  " + "\n  ".join(differences)
                              + "\nUse the original settings, another BasicSettings.n, or BasicSettings.Resume=fresh.")
-        self.world_model.load_state_dict(state["world_model"])
-        self.world_model.optimizer.load_state_dict(state["world_model_optimizer"])
-        self.agent.load_state_dict(state["agent"])
-        self.agent.optimizer.load_state_dict(state["agent_optimizer"])
+        for name, module in self.models.items():
+            module.load_state_dict(state[name])
+            module.optimizer.load_state_dict(state[f"{name}_optimizer"])
         self.buffer.load(path.parent / state["replay_buffer"])
         # Compare every step ever appended, not len(): the buffer stops growing at capacity.
         appended = self.buffer.num_appended * self.num_envs
         if appended != state["step"]:
             raise RuntimeError(f"{path}: replay buffer has seen {appended} steps but the checkpoint is at "
                                f"step {state['step']}; the run folder is inconsistent")
-        self.step, self.episodes, self.last_return = state["step"], state["episodes"], state["last_return"]
+        self.load_progress(state)
         set_rng_state(state["rng"])
+
+    # ------------------------------------------------------------------ logging
+    def progress_bar(self, total: int, initial: int, unit: str) -> tqdm:
+        return tqdm(total=total, initial=initial, desc=self.dirs.name, unit=unit, dynamic_ncols=True, disable=None)
+
+    def record_episodes(self, info: dict, writer: SummaryWriter) -> None:
+        final = info.get("final_info", {})
+        finished = final.get("_episode")
+        if finished is None:
+            return
+        for i in np.flatnonzero(finished):
+            self.episodes += 1
+            self.last_return = float(final["episode"]["r"][i])
+            writer.add_scalar("episode/return", self.last_return, self.step)
+            writer.add_scalar("episode/length", float(final["episode"]["l"][i]), self.step)
+
+    def track(self, metrics: dict, finite: torch.Tensor, pending: dict) -> None:
+        """Keep an update's figures for the next log; count skipped (non-finite) updates on the device."""
+        for key, value in metrics.items():
+            pending.setdefault(key, []).append(value)
+        pending.setdefault("health/skipped_updates", []).append((~finite).float())
+        self.non_finite_in_a_row = torch.where(finite, 0, self.non_finite_in_a_row + 1)
+        self.longest_non_finite_run = torch.maximum(self.longest_non_finite_run, self.non_finite_in_a_row)
+
+    def check_health(self, pending: dict) -> None:
+        """Stop the run if `max_non_finite` updates in a row were skipped since the last log
+        (the weights never took those steps), naming the figures that were not finite."""
+        longest = int(self.longest_non_finite_run)
+        if longest >= self.max_non_finite:
+            bad = [k for k, values in pending.items() if not all(bool(torch.isfinite(v).all()) for v in values)]
+            raise NonFiniteLossError(f"step {self.step}: {longest} non-finite updates in a row "
+                                     f"(non-finite: {', '.join(bad)}); stopping. Resume from the last checkpoint in "
+                                     f"{self.dirs.checkpoints} after lowering the learning rate or checking the data.")
+
+    def flush(self, pending: dict, writer: SummaryWriter, x: int | None = None) -> None:
+        """Write the mean of every figure since the last log at x (default: the env step); figures
+        of skipped updates (not finite) are left out of the means and counted in health/skipped_updates."""
+        x = self.step if x is None else x
+        self.check_health(pending)
+        self.longest_non_finite_run.copy_(self.non_finite_in_a_row)
+        skipped = 0
+        for key, values in pending.items():
+            stacked = torch.stack([v.detach().float() for v in values]).cpu()
+            finite = stacked[torch.isfinite(stacked)]
+            if key == "health/skipped_updates":
+                skipped = int(stacked.sum())
+                writer.add_scalar(key, float(skipped), x)
+            elif finite.numel():
+                writer.add_scalar(key, finite.mean().item(), x)
+        if skipped:
+            tqdm.write(f"step {self.step}: {skipped} update(s) since the last log skipped (non-finite loss or gradient)")
+        writer.add_scalar("buffer/size", len(self.buffer), x)
+        pending.clear()
+
+
+class Trainer(RunTrainer):
+    """STORM / GIT-STORM: after the warm-up, per env step one world-model update and one agent
+    update in imagination."""
+
+    def __init__(self, cfg: DictConfig):
+        train = cfg.JointTrainAgent
+        super().__init__(cfg, train.NumEnvs, train.KeepCheckpoints, train.MaxNonFiniteUpdates)
+        self.world_model, self.agent = build_models(cfg, self.action_dim, self.discrete, self.device, self.bf16)
+        self.models = {"world_model": self.world_model, "agent": self.agent}
+        self.compiled = use_compile(cfg.BasicSettings.Compile, self.device)
+        if self.compiled:
+            self.world_model.compile_hot_paths()
+            self.agent.compile_hot_paths()
+        on_device = train.BufferOnDevice and self.device.type == "cuda"
+        image = (cfg.BasicSettings.ImageSize, cfg.BasicSettings.ImageSize, 3)
+        self.buffer = ReplayBuffer(image, () if self.discrete else (self.action_dim,),
+                                   torch.long if self.discrete else torch.float32, self.num_envs,
+                                   train.BufferMaxLength, train.BufferWarmUp, self.device, on_device)
+
+    def start_message(self) -> str:
+        return f"{super().start_message()}, prior {self.cfg.Models.WorldModel.Prior}"
+
+    def finished_message(self) -> str | None:
+        limit = self.cfg.JointTrainAgent.SampleMaxSteps
+        if self.step < limit:
+            return None
+        return f"already reached {self.step} steps (JointTrainAgent.SampleMaxSteps={limit})"
 
     # ------------------------------------------------------------------ main loop
     def run(self, after_step: Callable[[], None] | None = None) -> None:
@@ -174,8 +270,7 @@ class Trainer:
         obs, _ = envs.reset(seed=cfg.BasicSettings.Seed + self.step)
         pending: dict[str, list[torch.Tensor]] = {}
         last_log_time, last_log_step = time.time(), self.step
-        bar = tqdm(total=train.SampleMaxSteps, initial=self.step, desc=self.dirs.name, unit="step",
-                   dynamic_ncols=True, disable=None)
+        bar = self.progress_bar(train.SampleMaxSteps, self.step, "step")
         next_save = (self.step // train.SaveEverySteps + 1) * train.SaveEverySteps
         next_video = (self.step // train.VideoEverySteps + 1) * train.VideoEverySteps if train.VideoEverySteps else math.inf
         updates, saved_at = 0, None
@@ -231,54 +326,6 @@ class Trainer:
             writer.close()
             envs.close()
 
-    def record_episodes(self, info: dict, writer: SummaryWriter) -> None:
-        final = info.get("final_info", {})
-        finished = final.get("_episode")
-        if finished is None:
-            return
-        for i in np.flatnonzero(finished):
-            self.episodes += 1
-            self.last_return = float(final["episode"]["r"][i])
-            writer.add_scalar("episode/return", self.last_return, self.step)
-            writer.add_scalar("episode/length", float(final["episode"]["l"][i]), self.step)
-
-    def track(self, metrics: dict, finite: torch.Tensor, pending: dict) -> None:
-        """Keep an update's figures for the next log; count skipped (non-finite) updates on the device."""
-        for key, value in metrics.items():
-            pending.setdefault(key, []).append(value)
-        pending.setdefault("health/skipped_updates", []).append((~finite).float())
-        self.non_finite_in_a_row = torch.where(finite, 0, self.non_finite_in_a_row + 1)
-        self.longest_non_finite_run = torch.maximum(self.longest_non_finite_run, self.non_finite_in_a_row)
-
-    def check_health(self, pending: dict) -> None:
-        """Stop the run if MaxNonFiniteUpdates updates in a row were skipped since the last log
-        (the weights never took those steps), naming the figures that were not finite."""
-        longest = int(self.longest_non_finite_run)
-        if longest >= self.cfg.JointTrainAgent.MaxNonFiniteUpdates:
-            bad = [k for k, values in pending.items() if not all(bool(torch.isfinite(v).all()) for v in values)]
-            raise NonFiniteLossError(f"step {self.step}: {longest} non-finite updates in a row "
-                                     f"(non-finite: {', '.join(bad)}); stopping. Resume from the last checkpoint in "
-                                     f"{self.dirs.checkpoints} after lowering the learning rate or checking the data.")
-
-    def flush(self, pending: dict, writer: SummaryWriter) -> None:
-        """Write the mean of every figure since the last log; figures of skipped updates (not
-        finite) are left out of the means and counted in health/skipped_updates."""
-        self.check_health(pending)
-        self.longest_non_finite_run.copy_(self.non_finite_in_a_row)
-        skipped = 0
-        for key, values in pending.items():
-            stacked = torch.stack([v.detach().float() for v in values]).cpu()
-            finite = stacked[torch.isfinite(stacked)]
-            if key == "health/skipped_updates":
-                skipped = int(stacked.sum())
-                writer.add_scalar(key, float(skipped), self.step)
-            elif finite.numel():
-                writer.add_scalar(key, finite.mean().item(), self.step)
-        if skipped:
-            tqdm.write(f"step {self.step}: {skipped} update(s) since the last log skipped (non-finite loss or gradient)")
-        writer.add_scalar("buffer/size", len(self.buffer), self.step)
-        pending.clear()
-
     @torch.no_grad()
     def log_video(self, writer: SummaryWriter) -> None:
         """Imagined rollout (same real actions, open loop) beside the real frames, and reconstructions.
@@ -305,6 +352,14 @@ class Trainer:
         writer.add_images("reconstruction/real_over_reconstructed", pairs[:, -1].permute(0, 3, 1, 2).cpu(), self.step)
 
 
+def make_trainer(cfg: DictConfig) -> RunTrainer:
+    """The training loop of the config's model family (BasicSettings.model)."""
+    if cfg.BasicSettings.model == "REM":
+        from sub_models.rem.trainer import REMTrainer   # imports this module: loaded on demand
+        return REMTrainer(cfg)
+    return Trainer(cfg)
+
+
 @hydra.main(config_path="config_files", config_name="STORM", version_base=None)
 def main(raw_cfg: DictConfig) -> None:
     try:
@@ -314,7 +369,7 @@ def main(raw_cfg: DictConfig) -> None:
         sys.exit(2)
     if cfg.BasicSettings.n is None:
         cfg.BasicSettings.n = default_run_name(cfg)
-    trainer = Trainer(cfg)
+    trainer = make_trainer(cfg)
     latest = trainer.dirs.latest_checkpoint()
     if latest is not None and cfg.BasicSettings.Resume == "fresh":
         trainer.dirs.move_aside()
@@ -323,13 +378,12 @@ def main(raw_cfg: DictConfig) -> None:
         print(f"Resuming run {cfg.BasicSettings.n} from step {trainer.step} ({latest}); "
               "pass BasicSettings.Resume=fresh to start over", flush=True)
     else:
-        print(f"Starting run {cfg.BasicSettings.n}: {cfg.BasicSettings.env_name}, prior "
-              f"{cfg.Models.WorldModel.Prior}, device {trainer.device}"
-              f"{' (bf16)' if trainer.bf16 else ''}; TensorBoard: {trainer.dirs.logs}", flush=True)
-    if trainer.step >= cfg.JointTrainAgent.SampleMaxSteps:
+        print(f"Starting run {cfg.BasicSettings.n} ({cfg.BasicSettings.model}): {trainer.start_message()}; "
+              f"TensorBoard: {trainer.dirs.logs}", flush=True)
+    finished = trainer.finished_message()
+    if finished is not None:
         trainer.envs.close()
-        print(f"Run {cfg.BasicSettings.n} already reached {trainer.step} steps "
-              f"(JointTrainAgent.SampleMaxSteps={cfg.JointTrainAgent.SampleMaxSteps}); nothing to do.")
+        print(f"Run {cfg.BasicSettings.n} {finished}; nothing to do.")
         return
     trainer.run()
 

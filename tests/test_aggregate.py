@@ -154,6 +154,33 @@ def test_table5_other_columns_differ_the_same_way():
         assert recomputed["Optimality Gap"][method] < published(data, "Optimality Gap", method)
 
 
+def test_rem_scores_and_aggregates(tmp_path):
+    # REM is not in the GIT-STORM paper: its per-game means and its aggregate rows come from
+    # REM_SPEC section 6 (REM.json, 5 seeds; rliable over 5 runs x 26 games).
+    out = tmp_path / "rem"
+    assert cli.main(["--paper-only", "--include-paper", "REM", "--reps", "10", "--out", str(out)]) == 0
+    table = pd.read_csv(out / "table.csv").set_index("task")
+    assert table.at["Boxing", "REM"] == 87.5
+    # By hand from the 26 means and DQN Zoo's references, e.g. Boxing (87.5 - 0.1) / (12.1 - 0.1)
+    # = 7.283: the mean of the 26 is 1.22193. REM_SPEC's 1.222 is the same mean over the
+    # unrounded per-run scores: the means are rounded to 0.1, which moves it by at most
+    # mean(0.05 / (human - random)) = 0.00037, plus 0.0005 for printing 1.222.
+    assert table.at["Human Mean", "REM"] == pytest.approx(1.22193, abs=1e-5)
+    data, recomputed = paper_point_estimates("atari100k")
+    assert recomputed["Human Mean"]["REM"] == pytest.approx(published(data, "Human Mean", "REM"), abs=0.0009)
+    # The median of per-game means is rliable's too: 0.28035 here, 0.280 published.
+    assert recomputed["Human Median"]["REM"] == pytest.approx(published(data, "Human Median", "REM"), abs=0.0009)
+    # The gap over runs can only exceed the gap over per-game means (min(x, 1) is concave):
+    # 0.482 published over runs, 0.475 here. IQM has no such order (0.673 over runs, 0.725 here).
+    assert published(data, "Optimality Gap", "REM") > recomputed["Optimality Gap"]["REM"]
+    assert "| REM | Human Mean | 122.2% |" in (out / "report.md").read_text()
+    # `all` includes it.
+    everything = tmp_path / "all"
+    assert cli.main(["--paper-only", "--include-paper", "all", "--reps", "10", "--out", str(everything)]) == 0
+    columns = pd.read_csv(everything / "table.csv").set_index("task").columns
+    assert list(columns[-7:]) == ["SimPLe", "TWM", "IRIS", "DreamerV3", "STORM", "GIT-STORM", "REM"]
+
+
 def test_table6_aggregates_recomputed():
     data, recomputed = paper_point_estimates("dmc")
     mean = {"SAC": 225.28, "CURL": 504.67, "PPO": 221.94, "DrQ-v2": 677.34, "DreamerV3": 739.55}

@@ -1,7 +1,8 @@
 """Config loading and validation: the paper's defaults, model selection, and clear errors."""
 import pytest
+from omegaconf import OmegaConf
 
-from config import ConfigError, compose_config, default_run_name
+from config import ConfigError, compose_config, config_differences, default_run_name, stored_config
 
 
 def test_paper_defaults():
@@ -59,6 +60,9 @@ def test_default_run_name():
     (["JointTrainAgent.BatchSize=0"], "JointTrainAgent.BatchSize=0"),
     (["BasicSettings.config_path=config_files/NOPE.yaml"], "available in config_files/"),
     (["Models.MaskGit.TrainTarget=previous"], "Models.MaskGit.TrainTarget='previous'"),
+    (["BasicSettings.AtariProtocol=sticky"], "BasicSettings.AtariProtocol='sticky': expected one of storm, iris"),
+    (["BasicSettings.env_name=dmc/walker_walk", "BasicSettings.AtariProtocol=iris"],
+     "BasicSettings.AtariProtocol='iris': expected 'storm' for BasicSettings.env_name='dmc/walker_walk'"),
 ])
 def test_validation_errors_name_the_key(overrides, message):
     with pytest.raises(ConfigError, match=None) as error:
@@ -70,3 +74,26 @@ def test_typo_suggests_the_nearest_key():
     with pytest.raises(ConfigError) as error:
         compose_config("STORM", ["+Models.WorldModel.TransformerHiddenDm=3"])
     assert "did you mean Models.WorldModel.TransformerHiddenDim" in str(error.value)
+
+
+def test_atari_protocol_defaults_and_rem_checks():
+    assert compose_config("STORM", []).BasicSettings.AtariProtocol == "storm"
+    assert compose_config("GITSTORM_DMC", []).BasicSettings.AtariProtocol == "storm"
+    assert compose_config("REM", []).BasicSettings.AtariProtocol == "iris"
+    # REM's schema has its own checks; the protocol is checked for it too.
+    with pytest.raises(ConfigError, match="BasicSettings.AtariProtocol='iris': expected 'storm'"):
+        compose_config("REM", ["BasicSettings.env_name=dmc/walker_walk"])
+    with pytest.raises(ConfigError, match="BasicSettings.AtariProtocol='sticky': expected one of storm, iris"):
+        compose_config("REM", ["BasicSettings.AtariProtocol=sticky"])
+
+
+def test_checkpoint_written_before_atari_protocol_still_loads():
+    given = compose_config("STORM", [])
+    saved = OmegaConf.to_container(given, resolve=True)
+    del saved["BasicSettings"]["AtariProtocol"]
+    # Such a checkpoint ran with storm, the only protocol then and the STORM configs' value.
+    assert stored_config(saved, given).BasicSettings.AtariProtocol == "storm"
+    assert config_differences(saved, given) == []
+    # A checkpoint that names its protocol must be resumed with the same one.
+    saved["BasicSettings"]["AtariProtocol"] = "iris"
+    assert config_differences(saved, given) == ["BasicSettings.AtariProtocol: checkpoint 'iris', given 'storm'"]

@@ -5,6 +5,7 @@ import cv2
 import gymnasium
 import numpy as np
 import pytest
+from PIL import Image
 
 import env_wrapper
 from env_wrapper import ATARI_100K_GAMES, make_env, make_vector_env
@@ -232,3 +233,127 @@ def test_vector_env_shapes_seeds_and_episode_statistics():
             break
     assert finished.all()
     envs.close()
+
+
+# ---------------------------------------------------------------- protocol "iris" (REM_SPEC section 2)
+def pil_resize(frame):
+    """REM's ResizeObsWrapper, written out: PIL bilinear to 64x64."""
+    return np.asarray(Image.fromarray(frame).resize((64, 64), Image.BILINEAR))
+
+
+@pytest.mark.parametrize("training, frame_cap", [(True, 20_000), (False, 108_000)])
+def test_iris_protocol_runs_noframeskip_v4_settings_underneath(training, frame_cap):
+    iris = make_env("ALE/Breakout-v5", seed=0, training=training, protocol="iris")
+    storm = make_env("ALE/Breakout-v5", seed=0, training=training)
+    v4 = gymnasium.make("BreakoutNoFrameskip-v4")
+    assert iris.unwrapped.ale.getFloat("repeat_action_probability") == 0.0
+    assert storm.unwrapped.ale.getFloat("repeat_action_probability") == 0.25
+    assert iris.unwrapped.ale.getInt("max_num_frames_per_episode") == frame_cap
+    assert storm.unwrapped.ale.getInt("max_num_frames_per_episode") == 108_000
+    # The minimal action set, as v4 and v5 have it.
+    assert iris.action_space == storm.action_space == v4.action_space == gymnasium.spaces.Discrete(4)
+    assert iris.unwrapped.get_action_meanings() == v4.unwrapped.get_action_meanings()
+    # One frame per ALE step underneath, 4 per agent step.
+    _, info = iris.reset()
+    frames_after_reset = info["episode_frame_number"]
+    _, _, _, _, info = iris.step(0)
+    assert info["episode_frame_number"] == frames_after_reset + 4
+    for env in (iris, storm, v4):
+        env.close()
+
+
+def test_iris_evaluation_env_matches_noframeskip_v4_stepped_by_hand():
+    raw = gymnasium.make("BreakoutNoFrameskip-v4")
+    env = make_env("ALE/Breakout-v5", seed=3, training=False, protocol="iris")
+    raw.reset(seed=3)
+    raw_frame, *_ = raw.step(0)             # REM's test env: exactly one no-op
+    obs, info = env.reset()
+    assert info["episode_frame_number"] == 1
+    assert np.array_equal(obs, pil_resize(raw_frame))
+
+    total_reward, order_mattered = 0.0, False
+    for action in random_actions(4, 300, seed=3):
+        frames, raw_reward = [raw_frame], 0.0
+        for _ in range(4):
+            raw_frame, reward, raw_terminated, _, _ = raw.step(action)
+            frames.append(raw_frame)
+            raw_reward += reward
+            if raw_terminated:
+                break
+        # REM resizes each frame, then takes the max of the last two resized frames.
+        expected = np.maximum(pil_resize(frames[-2]), pil_resize(frames[-1]))
+        order_mattered |= not np.array_equal(expected, pil_resize(np.maximum(frames[-2], frames[-1])))
+
+        obs, reward, terminated, _, _ = env.step(action)
+        assert np.array_equal(obs, expected)
+        assert reward == raw_reward
+        total_reward += reward
+        if raw_terminated or terminated:
+            assert raw_terminated and terminated
+            break
+    # Otherwise a dropped reward or a max taken before the resize would pass unseen.
+    assert total_reward > 0 and order_mattered
+    raw.close()
+    env.close()
+
+
+def noop_counts(seed, episodes):
+    """How many no-op frames each reset of an iris training env took (ALE counts them)."""
+    env = make_env("ALE/Breakout-v5", seed=seed, training=True, protocol="iris")
+    counts = [env.reset()[1]["episode_frame_number"] for _ in range(episodes)]
+    env.close()
+    return counts
+
+
+def test_iris_training_env_starts_with_1_to_30_noops_from_its_seed():
+    counts = noop_counts(0, 100)
+    # Drawn from 1..30: never outside, and these 100 draws reach both ends.
+    assert all(1 <= count <= 30 for count in counts)
+    assert min(counts) == 1 and max(counts) == 30
+    # The same seed repeats its counts; another seed draws others.
+    assert noop_counts(0, 20) == counts[:20]
+    assert noop_counts(1, 20) != counts[:20]
+
+    # The no-ops are action 0 on the raw game: the first observation is the frame after them.
+    env = make_env("ALE/Breakout-v5", seed=0, training=True, protocol="iris")
+    obs, _ = env.reset()
+    raw = gymnasium.make("BreakoutNoFrameskip-v4")
+    raw.reset(seed=0)
+    for _ in range(counts[0]):
+        raw_frame, *_ = raw.step(0)
+    assert np.array_equal(obs, pil_resize(raw_frame))
+    # Env i of a vector env is a single env seeded with seed + i, protocol included.
+    envs = make_vector_env("ALE/Breakout-v5", 2, seed=0, training=True, protocol="iris")
+    _, infos = envs.reset()
+    assert infos["episode_frame_number"][0] == counts[0]
+    assert infos["episode_frame_number"][1] == noop_counts(1, 1)[0]
+    for closable in (env, raw, envs):
+        closable.close()
+
+
+def test_iris_frame_cap_truncates_counting_the_noops(monkeypatch):
+    # The real caps are read off ALE above; a small one shows the truncation itself
+    # without stepping 20,000 frames. Breakout never ends without FIRE.
+    monkeypatch.setattr(env_wrapper, "IRIS_TRAINING_FRAME_CAP", 401)
+    env = make_env("ALE/Breakout-v5", seed=0, training=True, protocol="iris")
+    _, info = env.reset()
+    steps = 0
+    while True:
+        _, _, terminated, truncated, info = env.step(0)
+        steps += 1
+        if terminated or truncated:
+            break
+    assert truncated and not terminated
+    assert info["episode_frame_number"] == 401
+    assert info["episode"]["l"] == steps
+    env.close()
+
+
+def test_protocol_errors():
+    with pytest.raises(ValueError, match="unknown Atari protocol 'sticky': expected one of 'storm', 'iris'"):
+        make_env("ALE/Boxing-v5", seed=0, training=True, protocol="sticky")
+    for name in ("dmc/cartpole_balance", "gym/tests.pixel_games:PixelSide-v0"):
+        with pytest.raises(ValueError, match=r"protocol='iris' applies to Atari \('ALE/<Game>-v5'\) envs only"):
+            make_env(name, seed=0, training=True, protocol="iris")
+        with pytest.raises(ValueError, match="protocol='iris' applies to Atari"):
+            make_vector_env(name, 2, seed=0, training=True, asynchronous=True, protocol="iris")

@@ -203,7 +203,8 @@ def test_evaluate_checkpoint_counts_a_fixed_share_per_env(monkeypatch):
 
     monkeypatch.setattr(eval_script, "make_vector_env", make_scripted)
     finished = []
-    returns = eval_script.evaluate_checkpoint(world_model, agent, cfg, ENV, episodes=3, num_envs=2, seed=5,
+    models = {"world_model": world_model, "agent": agent}
+    returns = eval_script.evaluate_checkpoint(models, cfg, ENV, episodes=3, num_envs=2, seed=5,
                                               max_steps=5, on_episode_end=finished.append)
     # Env 0 owes 2 episodes: steps 1-5 and 6-10, both cut by max_steps. Env 1 owes 1: its
     # game ends at step 3; its cut at step 8 comes after its share and is not counted.
@@ -219,4 +220,5 @@ def test_evaluate_checkpoint_rejects_more_envs_than_episodes():
     cfg = compose_config("STORM", ["+preset=cpu", f"BasicSettings.env_name={ENV}"])
     world_model, agent = build_models(cfg, 4, True, torch.device("cpu"), False)
     with pytest.raises(ValueError, match="num_envs=3: expected between 1 and episodes=2"):
-        eval_script.evaluate_checkpoint(world_model, agent, cfg, ENV, episodes=2, num_envs=3, seed=0)
+        eval_script.evaluate_checkpoint({"world_model": world_model, "agent": agent}, cfg, ENV, episodes=2,
+                                        num_envs=3, seed=0)

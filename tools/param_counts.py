@@ -102,12 +102,10 @@ def main(argv=None):
 
 
 def rem_counts(action_dim, overrides):
-    """REM's tokenizer (without LPIPS) and POP world model (config_files/REM.yaml)."""
-    from sub_models.rem.tokenizer import Tokenizer
-    from sub_models.rem.world_model import POPWorldModel
+    """REM's tokenizer (without LPIPS), POP world model and controller (config_files/REM.yaml)."""
+    from sub_models.rem import build_rem_models
     cfg = compose_config("REM", list(overrides))
-    tok = Tokenizer(cfg.Models.Tokenizer)
-    wm = POPWorldModel(cfg.Models.RetNetWorldModel, cfg.Models.Tokenizer.VocabSize, action_dim)
+    tok, wm, controller = build_rem_models(cfg, action_dim)
     codebook_convs = count(tok.pre_quant_conv) + count(tok.post_quant_conv)
     heads = count(wm.head_observations) + count(wm.head_rewards) + count(wm.head_ends)
     print(f"\nREM, {'paper' if not overrides else overrides[0]} sizes, {action_dim} actions\n")
@@ -119,7 +117,12 @@ def rem_counts(action_dim, overrides):
                      (f"RetNet ({len(wm.retnet.layers)} layers)", count(wm.retnet)),
                      ("token + prediction-token embeddings", count(wm.token_embedding) + count(wm.prediction_tokens)),
                      ("observation, reward, termination heads", heads), ("world model", count(wm)),
-                     ("tokenizer + world model", count(tok) + count(wm))):
+                     ("tokenizer + world model", count(tok) + count(wm)),
+                     ("controller: convs + Linear", count(controller.convs) + count(controller.dense)),
+                     ("controller: LSTMCell", count(controller.lstm)),
+                     ("controller: actor, critic, action embedding", count(controller.actor) + count(controller.critic)
+                      + (count(controller.action_embedding) if controller.action_embedding is not None else 0)),
+                     ("controller", count(controller)), ("REM (V + M + C)", count(tok) + count(wm) + count(controller))):
         print(f"| {label} | {n:,} |")
 
 

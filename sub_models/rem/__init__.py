@@ -1,11 +1,17 @@
-"""REM (Cohen et al., ICML 2024), part 1: the VQ-VAE tokenizer V and the RetNet world model M with
-parallel observation prediction. See ../../README.md ("REM") and REM_SPEC.md sections 3-4."""
+"""REM (Cohen et al., ICML 2024): the VQ-VAE tokenizer V, the RetNet world model M with parallel
+observation prediction, and the latent LSTM controller C. See ../../README.md ("REM") and
+REM_SPEC.md sections 3-5."""
 
 
 def build_rem_models(cfg, action_dim: int, device="cpu"):
-    """(Tokenizer, POPWorldModel) of a validated REM config (config.compose_config("REM", ...))."""
+    """(Tokenizer, POPWorldModel, Controller) of a validated REM config (config.compose_config("REM", ...))."""
+    from config import plain_section
+    from sub_models.rem.controller import Controller
     from sub_models.rem.tokenizer import Tokenizer
     from sub_models.rem.world_model import POPWorldModel
-    tokenizer = Tokenizer(cfg.Models.Tokenizer).to(device)
-    world_model = POPWorldModel(cfg.Models.RetNetWorldModel, cfg.Models.Tokenizer.VocabSize, action_dim).to(device)
-    return tokenizer, world_model
+    tok_cfg = cfg.Models.Tokenizer
+    tokenizer = Tokenizer(tok_cfg).to(device)
+    world_model = POPWorldModel(cfg.Models.RetNetWorldModel, tok_cfg.VocabSize, action_dim).to(device)
+    grid = cfg.BasicSettings.ImageSize // 2 ** tok_cfg.DownsampleSteps
+    controller = Controller(plain_section(cfg.Models.Controller), tok_cfg.EmbedDim, grid, action_dim).to(device)
+    return tokenizer, world_model, controller

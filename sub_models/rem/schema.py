@@ -38,6 +38,9 @@ class REMTrainSchema:
     EvalTemperature: float = MISSING
     FinalEvalEpisodes: int = MISSING
     SaveEveryEpochs: int = MISSING
+    KeepCheckpoints: int = MISSING
+    BufferOnDevice: bool = MISSING
+    MaxNonFiniteUpdates: int = MISSING
 
 
 @dataclass
@@ -112,8 +115,9 @@ CHOICES = {path: allowed for path, allowed in config.CHOICES.items() if path.sta
 POSITIVE = (
     "REMTrain.Epochs", "REMTrain.CollectStepsPerEpoch", "REMTrain.NumEnvs", "REMTrain.TokenizerBatchSize",
     "REMTrain.WorldModelBatchSize", "REMTrain.WorldModelBatchLength", "REMTrain.ControllerBatchSize",
-    "REMTrain.ControllerBatchLength", "REMTrain.ImagineHorizon", "REMTrain.EvalEveryEpochs",
-    "REMTrain.EvalEpisodes", "REMTrain.EvalNumEnvs", "REMTrain.FinalEvalEpisodes", "REMTrain.SaveEveryEpochs",
+    "REMTrain.ControllerBatchLength", "REMTrain.ImagineHorizon", "REMTrain.EvalEpisodes", "REMTrain.EvalNumEnvs",
+    "REMTrain.FinalEvalEpisodes", "REMTrain.SaveEveryEpochs", "REMTrain.KeepCheckpoints",
+    "REMTrain.MaxNonFiniteUpdates",
     "Models.Tokenizer.InChannels", "Models.Tokenizer.BaseChannels", "Models.Tokenizer.DownsampleSteps",
     "Models.Tokenizer.NormGroups", "Models.Tokenizer.VocabSize", "Models.Tokenizer.EmbedDim",
     "Models.RetNetWorldModel.NumLayers", "Models.RetNetWorldModel.EmbedDim", "Models.RetNetWorldModel.NumHeads",
@@ -165,5 +169,12 @@ def check_rem(cfg, require) -> None:
             f"expected ContextLength={wm.ContextLength} < ImagineHorizon <= MaxBlocks + 1 = {wm.MaxBlocks + 1}")
     require(train.ControllerBatchLength > train.BurnIn, "REMTrain.ControllerBatchLength",
             train.ControllerBatchLength, f"expected more than REMTrain.BurnIn={train.BurnIn}")
+    ctrl = cfg.Models.Controller
+    require(len(ctrl.ConvChannels) >= 1 and min(ctrl.ConvChannels) >= 1, "Models.Controller.ConvChannels",
+            list(ctrl.ConvChannels), "expected a non-empty list of positive widths")
+    require(ctrl.TrainTemperature > 0.0, "Models.Controller.TrainTemperature", ctrl.TrainTemperature,
+            "expected > 0 (actions are sampled from softmax(logits / T))")
+    require(train.EvalEveryEpochs >= 0, "REMTrain.EvalEveryEpochs", train.EvalEveryEpochs,
+            "expected a number of epochs, or 0 for no evaluation during training")
     require(0.0 <= train.CollectEpsilon <= 1.0, "REMTrain.CollectEpsilon", train.CollectEpsilon,
             "expected a probability in [0, 1]")

@@ -14,6 +14,8 @@ REM_SPEC.md section 3 (REM's `SimpleEncoder` / `SimpleDecoder`, `Tokenizer`):
 With the paper's sizes (32 base channels, 3 down steps, 8 groups, 512 x 256 codebook):
 3,189,667 parameters.
 """
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -30,6 +32,16 @@ def preprocess(obs: Tensor) -> Tensor:
 def postprocess(x: Tensor) -> Tensor:
     """Decoder output (N, 3, H, W) in [-1, 1] units -> uint8 frames (N, H, W, 3)."""
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def codes_from_tokens(tokens: Tensor, codebook: Tensor) -> Tensor:
+    """tokens (..., K) -> code maps (..., E, h, w), h = w = sqrt(K): the codebook rows of the tokens
+    (what `quantize` returns as z_q), read detached so that their reader never trains the codebook."""
+    side = math.isqrt(tokens.shape[-1])
+    if side * side != tokens.shape[-1]:
+        raise ValueError(f"tokens per frame must be a square (an h x h grid), got {tokens.shape[-1]}")
+    codes = F.embedding(tokens, codebook.detach())                          # (..., K, E)
+    return codes.unflatten(-2, (side, side)).movedim(-1, -3)
 
 
 def conv3x3(c_in: int, c_out: int) -> nn.Conv2d:
@@ -149,9 +161,7 @@ class Tokenizer(nn.Module):
 
     def to_codes(self, tokens: Tensor) -> Tensor:
         """tokens (..., K) -> code maps (..., E, h, w) (the controller's input), read without gradient."""
-        side = int(round(tokens.shape[-1] ** 0.5))
-        codes = F.embedding(tokens, self.embedding.weight.detach())             # (..., K, E)
-        return codes.unflatten(-2, (side, side)).movedim(-1, -3)
+        return codes_from_tokens(tokens, self.embedding.weight)
 
     def loss(self, obs: Tensor) -> tuple[Tensor, dict]:
         """obs (N, H, W, 3) uint8 -> (L_V, metrics): commitment (codebook + beta * encoder) + MSE reconstruction."""

@@ -1,13 +1,19 @@
-"""Benchmark definitions and the paper's published numbers shipped beside this file.
+"""Benchmark definitions and the published numbers shipped beside this file.
 
-Data files (transcribed from the GIT-STORM paper, arXiv 2410.07836, appendix C):
+Data files (transcribed from the GIT-STORM paper, arXiv 2410.07836, appendix C, except
+the REM entries):
   atari100k_scores.csv   Table 5: per game the random and human reference scores
                          (as printed in the paper, rounded to integers, and the precise
                          DQN Zoo values they were rounded from) and the published scores
-                         of SimPLe, TWM, IRIS, DreamerV3, STORM and GIT-STORM.
+                         of SimPLe, TWM, IRIS, DreamerV3, STORM and GIT-STORM; then REM's
+                         (Cohen et al., ICML 2024): the mean over its 5 seeds in the
+                         official repository's results/data/REM.json (REM_SPEC section 6).
   dmc_scores.csv         Table 6: per task the published scores of SAC, CURL, PPO,
                          DrQ-v2, DreamerV3, STORM and GIT-STORM.
-  paper_aggregates.csv   The aggregate rows of both tables, as published.
+  paper_aggregates.csv   The aggregate rows of both tables, as published; REM's rows are
+                         rliable point estimates over REM.json's 5 runs x 26 games,
+                         computed by the author of REM_SPEC (section 6), not printed in
+                         a paper table.
 """
 
 from __future__ import annotations
@@ -49,13 +55,13 @@ BENCHMARKS: dict[str, Benchmark] = {
         title="Atari 100k",
         scores_file="atari100k_scores.csv",
         task_label="Game",
-        paper_methods=("SimPLe", "TWM", "IRIS", "DreamerV3", "STORM", "GIT-STORM"),
+        paper_methods=("SimPLe", "TWM", "IRIS", "DreamerV3", "STORM", "GIT-STORM", "REM"),
         human_normalised=True,
         metric_names=("Human Mean", "Human Median", "IQM", "Optimality Gap"),
         # Paper appendix K: gamma = 1 is human performance.
         gamma=1.0,
-        # rliable's Atari 100k profiles stop at 8; the best single game in Table 5
-        # (GIT-STORM Boxing) is about 6.7.
+        # rliable's Atari 100k profiles stop at 8; the best single game shipped
+        # (REM Boxing) is about 7.3.
         tau_max=8.0,
         score_label="Human-normalised score",
     ),

@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--include-paper",
         default="",
         help="comma-separated paper methods to place beside the runs, or 'all' "
-        "(atari100k: SimPLe,TWM,IRIS,DreamerV3,STORM,GIT-STORM; dmc: SAC,CURL,PPO,DrQ-v2,DreamerV3,STORM,GIT-STORM)",
+        "(atari100k: SimPLe,TWM,IRIS,DreamerV3,STORM,GIT-STORM,REM; dmc: SAC,CURL,PPO,DrQ-v2,DreamerV3,STORM,GIT-STORM)",
     )
     parser.add_argument(
         "--paper-only",

@@ -172,9 +172,9 @@ def _paper_section(results: Results) -> list[str]:
             "",
         ]
     lines += [
-        f"The paper's own aggregate rows next to the same metrics recomputed here from its per-{label} rows. "
-        "Where they differ beyond rounding, see 'Reproducing the paper's aggregate rows' in "
-        "tools/aggregate/README.md.",
+        f"The published aggregate rows next to the same metrics recomputed here from the per-{label} rows "
+        "(where each row comes from: 'Data files' in tools/aggregate/README.md). Where they differ beyond "
+        "rounding, see 'Reproducing the paper's aggregate rows' there.",
         "",
     ]
     recomputed = results.aggregates.set_index(["method", "metric"])["value"]

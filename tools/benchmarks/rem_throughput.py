@@ -1,7 +1,9 @@
-"""Time REM's tokenizer and POP world model (part 1 of the REM port) on random data of the
-configured sizes: one tokenizer update, one world-model update (tokenizing its frames with the
-current tokenizer, as REM does every batch, then the POP loss, backward and AdamW step), and
-one imagination step (POP's two calls) at the controller's batch.
+"""Time each phase of REM's epoch on random data of the configured sizes: one acting step of
+collection (tokenize one frame, one controller step), one tokenizer update, one world-model
+update (tokenizing its frames with the current tokenizer, as REM does every batch, then the
+POP loss, backward and AdamW step), and one controller update (tokenizing its segment, burn-in,
+the imagined rollout with POP's two calls per step, the loss and AdamW step); then the
+seconds of a whole epoch of REMTrain's update counts.
 
     python tools/benchmarks/rem_throughput.py                          # paper sizes (config_files/REM.yaml)
     python tools/benchmarks/rem_throughput.py --device cuda
@@ -15,6 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from acting import ControllerActor  # noqa: E402
 from config import compose_config  # noqa: E402
 from sub_models.rem import build_rem_models  # noqa: E402
 from tools.benchmarks.throughput import timed  # noqa: E402
@@ -37,7 +40,7 @@ def main(argv=None):
     train, tok_cfg, wm_cfg = cfg.REMTrain, cfg.Models.Tokenizer, cfg.Models.RetNetWorldModel
     device = select_device(args.device)
     torch.manual_seed(0)
-    tokenizer, world_model = build_rem_models(cfg, args.actions, device)
+    tokenizer, world_model, controller = build_rem_models(cfg, args.actions, device)
     size, k = cfg.BasicSettings.ImageSize, wm_cfg.TokensPerBlock - 1
 
     def frames(*shape):
@@ -54,31 +57,34 @@ def main(argv=None):
         world_model.update(tokens, wm_actions, wm_rewards, wm_ends, tokenizer.codebook)
 
     n_ctx, horizon = wm_cfg.ContextLength, train.ImagineHorizon - wm_cfg.ContextLength + 1
-    batch = train.ControllerBatchSize
-    ctx_tokens = torch.randint(0, tok_cfg.VocabSize, (batch, n_ctx, k), device=device)
-    ctx_actions = torch.randint(0, args.actions, (batch, n_ctx - 1), device=device)
+    batch, length = train.ControllerBatchSize, train.ControllerBatchLength
+    c_obs, c_actions = frames(batch, length), torch.randint(0, args.actions, (batch, length), device=device)
+    c_mask = torch.ones(batch, length, dtype=torch.bool, device=device)
 
-    def policy(current):
-        return torch.randint(0, args.actions, (current.shape[0],), device=device)
+    def controller_update():
+        tokens = tokenizer.tokenize(c_obs)
+        controller.update(tokens, c_actions, c_mask, world_model, tokenizer.codebook, train.ImagineHorizon, n_ctx)
 
-    def imagine():
-        world_model.imagine(ctx_tokens, ctx_actions, policy, horizon, tokenizer.codebook)
+    actor = ControllerActor(tokenizer, controller, train.NumEnvs, train.CollectTemperature, train.CollectEpsilon)
+    env_obs = frames(train.NumEnvs).cpu().numpy()
 
+    act_s = timed(lambda: actor.act(env_obs), args.repeats * 10, device)
     tok_s = timed(lambda: tokenizer.update(tok_batch), args.repeats, device)
     wm_s = timed(world_model_update, args.repeats, device)
-    imagine_s = timed(imagine, args.repeats, device)
+    c_s = timed(controller_update, args.repeats, device)
     threads = torch.get_num_threads() if device.type == "cpu" else None
+    count = lambda module: sum(p.numel() for p in module.parameters()) / 1e6   # noqa: E731
     print(f"REM {' '.join(args.override)} | device {device}{f' ({threads} threads)' if threads else ''} | fp32 | "
-          f"tokenizer {sum(p.numel() for p in tokenizer.parameters()) / 1e6:.2f}M, "
-          f"world model {sum(p.numel() for p in world_model.parameters()) / 1e6:.2f}M params, {args.actions} actions")
+          f"tokenizer {count(tokenizer):.2f}M, world model {count(world_model):.2f}M, controller "
+          f"{count(controller):.2f}M params, {args.actions} actions")
+    print(f"acting step ({train.NumEnvs} env): {act_s * 1e3:10.1f} ms")
     print(f"tokenizer update ({train.TokenizerBatchSize} frames): {tok_s * 1e3:10.1f} ms")
     print(f"world-model update ({b} x {t} blocks = {t * (k + 1)} tokens, incl. tokenizing): {wm_s * 1e3:10.1f} ms")
-    print(f"imagination ({batch} x {horizon} steps from {n_ctx} context frames): {imagine_s * 1e3:10.1f} ms "
-          f"= {imagine_s / horizon * 1e3:.1f} ms per step (2 calls to M)")
-    steps = train.TokenizerStepsPerEpoch * tok_s + train.WorldModelStepsPerEpoch * wm_s
-    print(f"=> per epoch: tokenizer {train.TokenizerStepsPerEpoch * tok_s:.0f} s + world model "
-          f"{train.WorldModelStepsPerEpoch * wm_s:.0f} s = {steps:.0f} s (REM reports 12 s + 39 s on its GPU); "
-          f"imagination for {train.ControllerStepsPerEpoch} controller updates {train.ControllerStepsPerEpoch * imagine_s:.0f} s")
+    print(f"controller update ({batch} x {length} frames, {horizon} imagined steps): {c_s * 1e3:10.1f} ms")
+    phases = {"collect": train.CollectStepsPerEpoch * act_s, "tokenizer": train.TokenizerStepsPerEpoch * tok_s,
+              "world model": train.WorldModelStepsPerEpoch * wm_s, "controller": train.ControllerStepsPerEpoch * c_s}
+    print("=> per epoch (env time excluded): " + ", ".join(f"{name} {sec:.1f} s" for name, sec in phases.items())
+          + f"; total {sum(phases.values()):.1f} s (REM reports 12 s + 39 s + 20 s for V, M and C on its GPU)")
 
 
 if __name__ == "__main__":
