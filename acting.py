@@ -20,6 +20,8 @@ import gymnasium
 import numpy as np
 import torch
 
+from sub_models.rem.controller import sample_actions
+
 
 class EnvActor:
     def __init__(self, world_model, agent, action_space: gymnasium.Space, num_envs: int, context_length: int):
@@ -64,10 +66,8 @@ class ControllerActor:
     burn-in over the episode's stored steps (REM's collector does this at every epoch)."""
 
     def __init__(self, tokenizer, controller, num_envs: int, temperature: float, epsilon: float):
-        from sub_models.rem.controller import sample_actions
         self.tokenizer, self.controller = tokenizer, controller
         self.temperature, self.epsilon = temperature, epsilon
-        self.sample_actions = sample_actions
         self.state = controller.initial_state(num_envs)
 
     @torch.no_grad()
@@ -82,7 +82,7 @@ class ControllerActor:
         frames = torch.as_tensor(obs, device=self.tokenizer.device)
         codes = self.tokenizer.to_codes(self.tokenizer.tokenize(frames))
         logits, _, self.state = self.controller.observe(codes, self.state)
-        action = self.sample_actions(logits, self.temperature, 1.0 if random else self.epsilon)
+        action = sample_actions(logits, self.temperature, 1.0 if random else self.epsilon)
         self.state = self.controller.feed_action(action, self.state)
         return action.cpu().numpy()
 

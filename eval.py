@@ -3,11 +3,16 @@
     python eval.py -config_path="config_files/STORM.yaml" -env_name="ALE/Boxing-v5" -run_name="Boxing-STORM-seed_0"
 
 Every saved_models/<run_name>/weights_<step>.pt plays `-episodes` (20) episodes to game
-over with sampled actions; each checkpoint's summary becomes one row of
-outputs/eval_result/<run_name>.csv (header step,episode_avg_return,episode_std,
-episode_min,episode_max,episodes), rewritten atomically after every checkpoint. Steps
+over with sampled actions (the acting rule of the run's model, acting.make_actor); each
+checkpoint's summary becomes one row of outputs/eval_result/<run_name>.csv (header
+step,episode_avg_return,episode_std,episode_min,episode_max,episodes), rewritten
+atomically after every checkpoint. Steps
 already in the CSV are skipped, so a stopped evaluation continues where it stopped;
 `-all` re-evaluates every checkpoint, `-step N` only weights_N.pt.
+
+REM runs (`-config_path config_files/REM.yaml`) act with REM's rule (REM_SPEC 5-6): actions
+sampled at REMTrain.EvalTemperature (0.5) without epsilon, the controller's LSTM starting from
+zeros in every episode, on the run's Atari protocol (BasicSettings.AtariProtocol).
 
 The models are built from the config stored in each weights file, so a run trained with
 overrides (e.g. `+preset=cpu`) needs no retyping of them. If `-config_path` (with any

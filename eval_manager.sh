@@ -15,7 +15,7 @@ GAMES=(Alien Amidar Assault Asterix BankHeist BattleZone Boxing Breakout Chopper
        PrivateEye Qbert RoadRunner Seaquest UpNDown)      # Atari 100k
 DMC_TASKS=()                                              # e.g. (cartpole_balance walker_walk)
 SEEDS=(0 1 2 3 4)
-MODELS=(STORM GITSTORM)
+MODELS=(STORM GITSTORM)                                   # add REM for REM runs (<game>-REM-seed_<seed>; Atari only)
 
 if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
   echo "usage: $0 [eval.py flags and config overrides...]  (runs: edit the lists at the top of $0)"

@@ -3,6 +3,7 @@
 # outputs/eval_result/<run_name>.csv.
 #   ./evals.sh <env_name> <run_name> <config> [eval.py flags and config overrides...]
 #   ./evals.sh Boxing Boxing-STORM-seed_0 STORM
+#   ./evals.sh Boxing Boxing-REM-seed_1 REM
 #   ./evals.sh dmc/cartpole_balance cartpole_balance-GITSTORM_DMC-seed_0 GITSTORM -episodes=10
 # <env_name>: an Atari game (Boxing -> ALE/Boxing-v5), a DMC task (cartpole_balance ->
 #   dmc/cartpole_balance; DMC task names hold a "_", Atari game names never do), or a full

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Train one run:  ./train.sh <game|dmc/task> <seed> <STORM|GITSTORM|STORM_DMC|GITSTORM_DMC> [extra Hydra overrides]
+# Train one run:  ./train.sh <game|dmc/task> <seed> <STORM|GITSTORM|STORM_DMC|GITSTORM_DMC|REM> [extra Hydra overrides]
 #   ./train.sh Boxing 0 GITSTORM
 #   ./train.sh dmc/cartpole_balance 0 GITSTORM_DMC
+#   ./train.sh Boxing 1 REM
 # The run is named <game>-<config>-seed_<seed> (dmc/ tasks: <task>-<config>-seed_<seed>);
 # re-running the same line resumes it from its latest checkpoint.
 set -euo pipefail
 if [ $# -lt 3 ]; then
-  echo "usage: $0 <game|dmc/task> <seed> <STORM|GITSTORM|STORM_DMC|GITSTORM_DMC> [overrides...]" >&2
+  echo "usage: $0 <game|dmc/task> <seed> <STORM|GITSTORM|STORM_DMC|GITSTORM_DMC|REM> [overrides...]" >&2
   exit 2
 fi
 game=$1; seed=$2; model=$3; shift 3

@@ -67,8 +67,26 @@ def test_frameskip_max_pool_and_reward_sum_match_raw_ale():
     obs, _ = env.reset()
     assert np.array_equal(obs, cv2.resize(raw_frame, (64, 64), interpolation=cv2.INTER_AREA))
 
-    total_reward, pooling_mattered = 0.0, False
-    for action in random_actions(4, 300, seed=1):
+    def expected(previous, last):
+        # the max removes sprite flicker; it matters only where the two frames differ
+        pooled = np.maximum(previous, last)
+        return cv2.resize(pooled, (64, 64), interpolation=cv2.INTER_AREA), not np.array_equal(pooled, last)
+
+    total_reward, pooling_mattered = step_beside_raw_ale(env, raw, raw_frame, random_actions(4, 300, seed=1),
+                                                         expected)
+    # Otherwise the test would not tell a dropped reward or a missing max apart.
+    assert total_reward > 0 and pooling_mattered
+    raw.close()
+    env.close()
+
+
+def step_beside_raw_ale(env, raw, raw_frame, actions, expected):
+    """Step `env` and the raw per-frame ALE env `raw` (last frame `raw_frame`) with the same
+    actions, 4 raw frames per agent step. Each observation of `env` must equal
+    expected(previous raw frame, last raw frame)[0] and each reward the sum of the raw
+    frames' rewards. Returns (total reward, whether expected(...)[1] held at any step)."""
+    total_reward, mattered = 0.0, False
+    for action in actions:
         # An episode may end after fewer than 4 frames; the frame before them then
         # is the last one of the previous step.
         frames, raw_reward = [raw_frame], 0.0
@@ -78,21 +96,16 @@ def test_frameskip_max_pool_and_reward_sum_match_raw_ale():
             raw_reward += reward
             if raw_terminated:
                 break
-        expected_frame = np.maximum(frames[-2], frames[-1])
-        pooling_mattered |= not np.array_equal(expected_frame, frames[-1])
-        expected = cv2.resize(expected_frame, (64, 64), interpolation=cv2.INTER_AREA)
-
+        observation, differs = expected(frames[-2], frames[-1])
+        mattered |= differs
         obs, reward, terminated, _, _ = env.step(action)
-        assert np.array_equal(obs, expected)
+        assert np.array_equal(obs, observation)
         assert reward == raw_reward
         total_reward += reward
         if raw_terminated or terminated:
             assert raw_terminated and terminated
             break
-    # Otherwise the test would not tell a dropped reward or a missing max apart.
-    assert total_reward > 0 and pooling_mattered
-    raw.close()
-    env.close()
+    return total_reward, mattered
 
 
 def test_life_loss_in_training_env_continues_the_episode():
@@ -271,26 +284,12 @@ def test_iris_evaluation_env_matches_noframeskip_v4_stepped_by_hand():
     assert info["episode_frame_number"] == 1
     assert np.array_equal(obs, pil_resize(raw_frame))
 
-    total_reward, order_mattered = 0.0, False
-    for action in random_actions(4, 300, seed=3):
-        frames, raw_reward = [raw_frame], 0.0
-        for _ in range(4):
-            raw_frame, reward, raw_terminated, _, _ = raw.step(action)
-            frames.append(raw_frame)
-            raw_reward += reward
-            if raw_terminated:
-                break
+    def expected(previous, last):
         # REM resizes each frame, then takes the max of the last two resized frames.
-        expected = np.maximum(pil_resize(frames[-2]), pil_resize(frames[-1]))
-        order_mattered |= not np.array_equal(expected, pil_resize(np.maximum(frames[-2], frames[-1])))
+        resized = np.maximum(pil_resize(previous), pil_resize(last))
+        return resized, not np.array_equal(resized, pil_resize(np.maximum(previous, last)))
 
-        obs, reward, terminated, _, _ = env.step(action)
-        assert np.array_equal(obs, expected)
-        assert reward == raw_reward
-        total_reward += reward
-        if raw_terminated or terminated:
-            assert raw_terminated and terminated
-            break
+    total_reward, order_mattered = step_beside_raw_ale(env, raw, raw_frame, random_actions(4, 300, seed=3), expected)
     # Otherwise a dropped reward or a max taken before the resize would pass unseen.
     assert total_reward > 0 and order_mattered
     raw.close()

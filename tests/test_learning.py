@@ -7,9 +7,10 @@ side, +1 if right, -1 if wrong; 16 steps an episode. A random policy scores 0 on
 step of an episode is a guess). Every pixel-blind policy also scores 0 on average, so a
 return well above 0 can only come from reading the frames.
 
-The test runs the real CLI (`python train.py +preset=cpu ...`) in a subprocess, loads the
-final weights it saved and plays evaluation episodes with the same acting rule as
-training (acting.EnvActor), against a random policy on the same env seeds.
+The test runs the real CLI (`python train.py +preset=cpu ...`, REM: `--config-name REM
++preset=rem_cpu ...`) in a subprocess, loads the final weights it saved and plays evaluation
+episodes with the model's own acting rule (acting.make_actor), against a random policy on
+the same env seeds.
 """
 import os
 import subprocess
@@ -24,9 +25,9 @@ import torch
 from omegaconf import OmegaConf
 
 import env_wrapper
-from acting import EnvActor
+from acting import EnvActor, make_actor
+from agents import build_run_models
 from env_wrapper import make_env, make_vector_env
-from agents import build_models
 
 REPO = Path(__file__).resolve().parents[1]
 PIXEL_SIDE = "gym/tests.pixel_games:PixelSide-v0"
@@ -107,16 +108,20 @@ class torch_threads:
 
 
 @torch.no_grad()
-def play(env_name, num_envs, seed, world_model=None, agent=None, context_length=8, random=False, episodes_per_env=1):
+def play(env_name, num_envs, seed, cfg=None, models=None, episodes_per_env=1):
     """Returns of num_envs * episodes_per_env evaluation episodes (env i seeded seed + i),
-    acted by EnvActor: the trained policy, or uniformly random actions."""
+    acted by the trained models' acting rule (acting.make_actor), or, without models, by
+    uniformly random actions."""
     envs = make_vector_env(env_name, num_envs, seed, training=False)
     space = envs.single_action_space
-    actor = EnvActor(world_model, agent, space, num_envs, context_length)
+    random = models is None
+    actor = (EnvActor(_NoModel(), None, space, num_envs, 1) if random
+             else make_actor(cfg, models, space, num_envs, evaluation=True))
     returns = [[] for _ in range(num_envs)]
     obs, _ = envs.reset()
     while min(len(r) for r in returns) < episodes_per_env:
-        obs, _, _, _, info = envs.step(actor.act(obs, random=random))
+        obs, _, terminated, truncated, info = envs.step(actor.act(obs, random=random))
+        actor.end_episodes(terminated | truncated)
         final = info.get("final_info", {})
         if final.get("_episode") is not None:
             for i in np.flatnonzero(final["_episode"]):
@@ -136,35 +141,53 @@ class _NoModel:
 def load_trained(weights_path):
     saved = torch.load(weights_path, map_location="cpu", weights_only=False)
     cfg = OmegaConf.create(saved["config"])
-    world_model, agent = build_models(cfg, saved["action_dim"], saved["discrete"], torch.device("cpu"), False)
-    world_model.load_state_dict(saved["world_model"])
-    agent.load_state_dict(saved["agent"])
-    return cfg, world_model.eval(), agent.eval()
+    models = build_run_models(cfg, saved["action_dim"], saved["discrete"], torch.device("cpu"), False)
+    for name, module in models.items():
+        module.load_state_dict(saved[name])
+        module.eval()
+    return cfg, models
 
 
 # ----------------------------------------------------------------------------- the learning test
-# Command-line overrides on top of `+preset=cpu` (config files untouched). Only the run length
-# changes: the tiny preset's widths, batches, learning rates and entropy are used as they are.
+# Command-line arguments of each case (config files untouched) and the env step of its final
+# weights. STORM / GIT-STORM: `+preset=cpu` with only the run length changed (the tiny preset's
+# widths, batches, learning rates and entropy are used as they are). REM: `+preset=rem_cpu` with a
+# short schedule (30 epochs of 32 steps; V trains from epoch 1, M from 2, C from 9, once M
+# predicts rewards: as in REM, C starts last), 5 burn-in frames and 5 imagined steps instead of
+# 20 and 9 (the game's reward is immediate), a controller batch of 16, and learning rates 2.5-10x
+# REM's: at REM's, the tiny controller needs far more than a test's budget of updates to read
+# the codebook vectors, whose magnitude stays near their U(-1/64, 1/64) initialisation. Seeds
+# 1, 2 and 3 reached 16 (every step right) by epoch 20-25.
+REM_SCHEDULE = {"Epochs": 30, "CollectStopAfterEpochs": 30, "CollectStepsPerEpoch": 32,
+                "TokenizerStartAfterEpochs": 0, "TokenizerStepsPerEpoch": 10,
+                "WorldModelStartAfterEpochs": 1, "WorldModelStepsPerEpoch": 20,
+                "ControllerStartAfterEpochs": 8, "ControllerStepsPerEpoch": 20, "ControllerBatchSize": 16,
+                "ControllerBatchLength": 6, "BurnIn": 5, "ImagineHorizon": 6, "EvalEveryEpochs": 0}
 CASES = {
-    "STORM": ["JointTrainAgent.SampleMaxSteps=1000"],
-    "GITSTORM": ["JointTrainAgent.SampleMaxSteps=1200"],
+    "STORM": (["--config-name", "STORM", "+preset=cpu", "JointTrainAgent.SampleMaxSteps=1000",
+               "JointTrainAgent.VideoEverySteps=0"], 1000),
+    "GITSTORM": (["--config-name", "GITSTORM", "+preset=cpu", "JointTrainAgent.SampleMaxSteps=1200",
+                  "JointTrainAgent.VideoEverySteps=0"], 1200),
+    "REM": (["--config-name", "REM", "+preset=rem_cpu", "BasicSettings.AtariProtocol=storm",
+             *(f"REMTrain.{key}={value}" for key, value in REM_SCHEDULE.items()),
+             "Models.Tokenizer.LearningRate=1e-3", "Models.RetNetWorldModel.LearningRate=5e-4",
+             "Models.Controller.LearningRate=1e-3"], REM_SCHEDULE["Epochs"] * REM_SCHEDULE["CollectStepsPerEpoch"]),
 }
 EVAL_ENVS, EPISODES_PER_ENV, EVAL_SEED = 16, 2, 10_000
 MARGIN = 8.0   # out of a best of 16; random scores 0 on average (see the module docstring)
 
 
-def train_command(config_name, run_root):
-    return [sys.executable, "train.py", "--config-name", config_name, "+preset=cpu",
-            f"BasicSettings.env_name={PIXEL_SIDE}", *CASES[config_name], "JointTrainAgent.VideoEverySteps=0",
+def train_command(case, run_root):
+    return [sys.executable, "train.py", *CASES[case][0], f"BasicSettings.env_name={PIXEL_SIDE}",
             f"BasicSettings.RunsDir={run_root}/runs", f"BasicSettings.CheckpointDir={run_root}/saved_models",
             "BasicSettings.n=learn"]
 
 
 @pytest.fixture(scope="module")
 def training_runs(tmp_path_factory):
-    """Train every case at once, one process per case with one torch thread each (two cases
-    fill this project's 2-core CPU; several torch threads per process on a busy machine slow
-    an update down several-fold). Returns {case: (run_root, seconds, exit code, log)}."""
+    """Train every case at once, one process per case with one torch thread each (three
+    processes on this project's 2-core CPU; several torch threads per process on a busy machine
+    slow an update down several-fold). Returns {case: (run_root, seconds, exit code, log)}."""
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     started = {}
     for name in CASES:
@@ -196,16 +219,14 @@ def test_trained_agent_beats_random(training_runs, config_name):
     root, seconds, code, log = training_runs[config_name]
     assert code == 0, f"train.py failed (exit {code}):\n{log}"
     weights = sorted((root / "saved_models" / "learn").glob("weights_*.pt"), key=lambda p: int(p.stem.split("_")[-1]))
-    max_steps = int(CASES[config_name][0].split("=")[1])
-    assert weights and weights[-1].name == f"weights_{max_steps}.pt", [p.name for p in weights]
+    final_step = CASES[config_name][1]
+    assert weights and weights[-1].name == f"weights_{final_step}.pt", [p.name for p in weights]
 
-    cfg, world_model, agent = load_trained(weights[-1])
+    cfg, models = load_trained(weights[-1])
     with torch_threads(1):
         torch.manual_seed(0)
-        trained = play(PIXEL_SIDE, EVAL_ENVS, EVAL_SEED, world_model, agent, cfg.JointTrainAgent.RealityContextLength,
-                       episodes_per_env=EPISODES_PER_ENV)
-        random = play(PIXEL_SIDE, EVAL_ENVS, EVAL_SEED, _NoModel(), None, random=True,
-                      episodes_per_env=EPISODES_PER_ENV)
+        trained = play(PIXEL_SIDE, EVAL_ENVS, EVAL_SEED, cfg, models, episodes_per_env=EPISODES_PER_ENV)
+        random = play(PIXEL_SIDE, EVAL_ENVS, EVAL_SEED, episodes_per_env=EPISODES_PER_ENV)
     summary = (f"{config_name}: trained {trained.mean():.2f} vs random {random.mean():.2f} over {trained.size} "
                f"episodes (best 16), training took {seconds:.0f}s")
     print(summary)

@@ -5,15 +5,12 @@ Runs on the tests' pixel game (episodes of 16 steps) with the rem_cpu preset and
 schedule: 16 steps collected per epoch; the tokenizer trains after epoch 0, the world model
 after epoch 1, the controller after epoch 2."""
 import csv
-import signal
-import subprocess
 import sys
-import time
-from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.test_train import kill_once_written, run, steps_of
+
 PIXEL_SIDE = "gym/tests.pixel_games:PixelSide-v0"
 STEPS_PER_EPOCH = 16
 UPDATES = {"tokenizer": (0, 3), "world_model": (1, 2), "controller": (2, 1)}   # (start after epoch, steps per epoch)
@@ -30,16 +27,6 @@ for name, (start, steps) in UPDATES.items():
 def train_command(tmp_path, *overrides):
     return [sys.executable, "train.py", *TINY, f"BasicSettings.RunsDir={tmp_path}/runs",
             f"BasicSettings.CheckpointDir={tmp_path}/saved_models", *overrides]
-
-
-def run(command):
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result
-
-
-def steps_of(folder: Path, pattern: str) -> list[int]:
-    return sorted(int(p.stem.split("_")[-1]) for p in folder.glob(pattern))
 
 
 def optimizer_steps(checkpoint: dict, name: str) -> int:
@@ -102,14 +89,7 @@ def test_rem_resume_after_kill_loses_and_duplicates_nothing(tmp_path):
     overrides = ["REMTrain.Epochs=6", "REMTrain.EvalEveryEpochs=0", "BasicSettings.n=resume"]
     command = train_command(tmp_path, *overrides)
     folder = tmp_path / "saved_models" / "resume"
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 500
-    while not (folder / "checkpoint_48.pt").exists():
-        assert process.poll() is None, process.stderr.read()
-        assert time.time() < deadline, "no checkpoint within the time limit"
-        time.sleep(0.2)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_once_written(command, folder / "checkpoint_48.pt")
     killed_at = steps_of(folder, "checkpoint_*.pt")[-1]
     assert 48 <= killed_at < 96, "the run must be killed before it finished"
     saved = torch.load(folder / f"checkpoint_{killed_at}.pt", weights_only=False)

@@ -31,6 +31,18 @@ def steps_of(folder: Path, pattern: str) -> list[int]:
     return sorted(int(p.stem.split("_")[-1]) for p in folder.glob(pattern))
 
 
+def kill_once_written(command, path: Path, timeout: float = 500) -> None:
+    """Start `command` and SIGKILL it as soon as `path` exists; it must appear while the run lives."""
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.stderr.read()
+        assert time.time() < deadline, f"no {path.name} within {timeout} s"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
 @pytest.mark.parametrize("config_args", [
     [],                                                              # STORM (default config)
     ["BasicSettings.config_path=config_files/GITSTORM.yaml"],       # GIT-STORM, the authors' form
@@ -144,14 +156,7 @@ def test_resume_after_kill_once_the_buffer_wrapped_loses_and_duplicates_nothing(
                  "JointTrainAgent.VideoEverySteps=0", "BasicSettings.n=resume"]
     command = train_command(tmp_path, *overrides)
     folder = tmp_path / "saved_models" / "resume"
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 500
-    while not (folder / "checkpoint_80.pt").exists():
-        assert process.poll() is None, process.stderr.read()
-        assert time.time() < deadline, "no checkpoint within the time limit"
-        time.sleep(0.2)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_once_written(command, folder / "checkpoint_80.pt")
     killed_at = steps_of(folder, "checkpoint_*.pt")[-1]
     assert 80 <= killed_at < 160, "the run must be killed before it finished"
 
