@@ -79,6 +79,9 @@ def test_rem_config_defaults_and_errors():
         (["REMTrain.WorldModelBatchLength=11"], "WorldModelBatchLength=11: expected at most Models.RetNetWorldModel.MaxBlocks=10"),
         (["REMTrain.ImagineHorizon=12"], "ImagineHorizon=12"),
         (["BasicSettings.Resume=later"], "BasicSettings.Resume='later': expected one of auto, fresh"),
+        (["BasicSettings.MixedPrecision=bf16"], "MixedPrecision='bf16': expected fp32"),
+        (["+BasicSettings.Compile=true"], "Compile=True: expected null or false"),
+        (["REMTrain.EvalEveryEpochs=-1"], "EvalEveryEpochs=-1: expected a number of epochs, or 0"),
     ]:
         with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("*", r"\*")
                            .replace("^", r"\^").replace("+", r"\+")):
