@@ -9,7 +9,7 @@ import sys
 
 import torch
 
-from tests.test_train import kill_once_written, run, steps_of
+from tests.test_train import kill_after_checkpoint, run, steps_of
 
 PIXEL_SIDE = "gym/tests.pixel_games:PixelSide-v0"
 STEPS_PER_EPOCH = 16
@@ -89,11 +89,7 @@ def test_rem_resume_after_kill_loses_and_duplicates_nothing(tmp_path):
     overrides = ["REMTrain.Epochs=6", "REMTrain.EvalEveryEpochs=0", "BasicSettings.n=resume"]
     command = train_command(tmp_path, *overrides)
     folder = tmp_path / "saved_models" / "resume"
-    kill_once_written(command, folder / "checkpoint_48.pt")
-    killed_at = steps_of(folder, "checkpoint_*.pt")[-1]
-    assert 48 <= killed_at < 96, "the run must be killed before it finished"
-    saved = torch.load(folder / f"checkpoint_{killed_at}.pt", weights_only=False)
-    saved_buffer = torch.load(folder / f"replay_buffer_{killed_at}.pt", weights_only=True)
+    killed_at, saved, saved_buffer = kill_after_checkpoint(command, folder, 48, 96)
     assert saved["epoch"] == killed_at // STEPS_PER_EPOCH and saved_buffer["num_appended"] == killed_at
 
     resumed = run(command)

@@ -31,16 +31,22 @@ def steps_of(folder: Path, pattern: str) -> list[int]:
     return sorted(int(p.stem.split("_")[-1]) for p in folder.glob(pattern))
 
 
-def kill_once_written(command, path: Path, timeout: float = 500) -> None:
-    """Start `command` and SIGKILL it as soon as `path` exists; it must appear while the run lives."""
+def kill_after_checkpoint(command, folder: Path, first: int, final: int, timeout: float = 500):
+    """Start `command`, SIGKILL it as soon as checkpoint_<first>.pt exists in `folder`, and
+    return the newest checkpoint's step, the checkpoint and its replay buffer file's contents;
+    the kill must come before the run's last checkpoint, checkpoint_<final>.pt."""
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + timeout
-    while not path.exists():
+    while not (folder / f"checkpoint_{first}.pt").exists():
         assert process.poll() is None, process.stderr.read()
-        assert time.time() < deadline, f"no {path.name} within {timeout} s"
+        assert time.time() < deadline, f"no checkpoint_{first}.pt within {timeout} s"
         time.sleep(0.2)
     process.send_signal(signal.SIGKILL)
     process.wait()
+    killed_at = steps_of(folder, "checkpoint_*.pt")[-1]
+    assert first <= killed_at < final, "the run must be killed before it finished"
+    return (killed_at, torch.load(folder / f"checkpoint_{killed_at}.pt", weights_only=False),
+            torch.load(folder / f"replay_buffer_{killed_at}.pt", weights_only=True))
 
 
 @pytest.mark.parametrize("config_args", [
@@ -156,12 +162,7 @@ def test_resume_after_kill_once_the_buffer_wrapped_loses_and_duplicates_nothing(
                  "JointTrainAgent.VideoEverySteps=0", "BasicSettings.n=resume"]
     command = train_command(tmp_path, *overrides)
     folder = tmp_path / "saved_models" / "resume"
-    kill_once_written(command, folder / "checkpoint_80.pt")
-    killed_at = steps_of(folder, "checkpoint_*.pt")[-1]
-    assert 80 <= killed_at < 160, "the run must be killed before it finished"
-
-    saved = torch.load(folder / f"checkpoint_{killed_at}.pt", weights_only=False)
-    saved_buffer = torch.load(folder / f"replay_buffer_{killed_at}.pt", weights_only=True)
+    killed_at, saved, saved_buffer = kill_after_checkpoint(command, folder, 80, 160)
     assert saved["step"] == killed_at and saved_buffer["num_appended"] == killed_at > 48   # wrapped
     cfg = compose_config("STORM", TINY + overrides + [f"BasicSettings.RunsDir={tmp_path}/runs",
                                                       f"BasicSettings.CheckpointDir={tmp_path}/saved_models"])
