@@ -13,6 +13,7 @@ same command resumes from the latest checkpoint (BasicSettings.Resume=fresh star
 import math
 import sys
 import time
+from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
@@ -86,7 +87,7 @@ class PhaseTimer:
         return seconds
 
 
-class RunTrainer:
+class RunTrainer(ABC):
     """What every model family's training shares: the run folders, device and precision, the
     training envs, checkpoints and resume (models, optimisers, replay buffer, RNG), and the
     logging of update figures, non-finite updates and episodes. A family's loop subclasses it,
@@ -120,9 +121,13 @@ class RunTrainer:
     def start_message(self) -> str:
         return f"{self.cfg.BasicSettings.env_name}, device {self.device}{' (bf16)' if self.bf16 else ''}"
 
+    @abstractmethod
     def finished_message(self) -> str | None:
         """Why there is nothing left to train, or None."""
-        raise NotImplementedError
+
+    @abstractmethod
+    def run(self) -> None:
+        """Train until the run's budget is spent, saving checkpoints on the way."""
 
     # ------------------------------------------------------------------ checkpoints
     def progress(self) -> dict:
