@@ -9,3 +9,23 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def boxing_steps():
+    """300 agent steps of ALE/Boxing-v5 under a seeded random policy (Boxing scores often), in
+    this project's replay buffer: real frames for the overfitting tests of both world models."""
+    from env_wrapper import make_env
+    from replay_buffer import ReplayBuffer
+    env = make_env("ALE/Boxing-v5", 0, training=True)
+    buffer = ReplayBuffer((64, 64, 3), (), torch.long, num_envs=1, capacity=300, warmup_steps=16)
+    obs, _ = env.reset()
+    for _ in range(300):
+        action = env.action_space.sample()
+        next_obs, reward, terminated, truncated, info = env.step(action)
+        buffer.append(torch.as_tensor(obs)[None], torch.tensor([action]), torch.tensor([reward]),
+                      torch.tensor([float(terminated or info["life_loss"])]))
+        obs = next_obs if not (terminated or truncated) else env.reset()[0]
+    env.close()
+    assert (buffer.reward != 0).sum() >= 5  # the reward head has something to learn
+    return buffer

@@ -271,24 +271,7 @@ def test_imagine_rollout_with_a_policy():
 
 
 # --------------------------------------------------------------------------- overfit on real frames
-
-
-@pytest.fixture(scope="module")
-def boxing_steps():
-    """300 agent steps of ALE/Boxing-v5 under a seeded random policy, in this project's replay buffer."""
-    from env_wrapper import make_env
-    from replay_buffer import ReplayBuffer
-    env = make_env("ALE/Boxing-v5", 0, training=True)
-    buffer = ReplayBuffer((64, 64, 3), (), torch.long, num_envs=1, capacity=300, warmup_steps=16)
-    obs, _ = env.reset()
-    for _ in range(300):
-        action = env.action_space.sample()
-        next_obs, reward, terminated, truncated, info = env.step(action)
-        buffer.append(torch.as_tensor(obs)[None], torch.tensor([action]), torch.tensor([reward]),
-                      torch.tensor([float(terminated or info["life_loss"])]))
-        obs = next_obs if not (terminated or truncated) else env.reset()[0]
-    env.close()
-    return buffer
+# (boxing_steps: tests/conftest.py)
 
 
 def test_tiny_tokenizer_and_world_model_overfit_real_frames(boxing_steps, seed=0):

@@ -562,25 +562,7 @@ def test_non_finite_world_model_update_changes_no_weight_and_no_optimiser_state(
 
 
 # --------------------------------------------------------------------------- overfit on real frames
-
-
-@pytest.fixture(scope="module")
-def boxing_steps():
-    """300 agent steps of ALE/Boxing-v5 under a seeded random policy (Boxing scores often)."""
-    from env_wrapper import make_env
-    from replay_buffer import ReplayBuffer
-    env = make_env("ALE/Boxing-v5", 0, training=True)
-    buffer = ReplayBuffer((64, 64, 3), (), torch.long, num_envs=1, capacity=300, warmup_steps=16)
-    obs, _ = env.reset()
-    for _ in range(300):
-        action = env.action_space.sample()
-        next_obs, reward, terminated, truncated, info = env.step(action)
-        buffer.append(torch.as_tensor(obs)[None], torch.tensor([action]), torch.tensor([reward]),
-                      torch.tensor([float(terminated or info["life_loss"])]))
-        obs = next_obs if not (terminated or truncated) else env.reset()[0]
-    env.close()
-    assert (buffer.reward != 0).sum() >= 5  # the reward head has something to learn
-    return buffer
+# (boxing_steps: tests/conftest.py)
 
 
 @pytest.mark.parametrize("prior", PRIORS)

@@ -111,19 +111,16 @@ class EpisodeSegments:
         collector burns the controller's LSTM in on. Rows whose newest stored step ended its
         episode (or that hold nothing yet) are all padding. (obs, action, reward, termination, mask)."""
         buf = self.buffer
-        envs = buf.num_envs
-        if buf.filled == 0:
-            empty = torch.zeros(envs, length, dtype=torch.bool, device=buf.device)
-            steps = torch.zeros(envs, length, dtype=torch.long, device=buf.termination.device)
-            slots = torch.zeros(1, dtype=torch.long, device=buf.termination.device)
-            return self._gather(slots, torch.arange(envs, device=slots.device), steps, empty)
+        device = buf.termination.device
+        env = torch.arange(buf.num_envs, device=device)
+        if buf.filled == 0:      # nothing stored yet: every row is padding (read from slot 0)
+            slots = torch.zeros(1, dtype=torch.long, device=device)
+            mask = torch.zeros(buf.num_envs, length, dtype=torch.bool, device=device)
+            return self._gather(slots, env, torch.zeros_like(mask, dtype=torch.long), mask)
         slots, episode_start, _ = self._index()
-        n = slots.shape[0]
-        env = torch.arange(envs, device=slots.device)
-        last = torch.full((envs,), n - 1, device=slots.device)
-        steps = last[:, None] - length + 1 + torch.arange(length, device=slots.device)
+        steps = slots.shape[0] - length + torch.arange(length, device=device).expand(buf.num_envs, -1)
         ongoing = (buf.termination[:, slots[-1]] == 0) & (buf.num_appended not in self.cuts)
-        mask = (steps >= episode_start[:, -1][:, None]) & ongoing[:, None]
+        mask = (steps >= episode_start[:, -1:]) & ongoing[:, None]
         return self._gather(slots, env, steps, mask)
 
     # ------------------------------------------------------------------ helpers

@@ -53,8 +53,6 @@ class REMTrainer(RunTrainer):
     def __init__(self, cfg: DictConfig):
         train = cfg.REMTrain
         super().__init__(cfg, train.NumEnvs, train.KeepCheckpoints, train.MaxNonFiniteUpdates)
-        if not self.discrete:
-            raise ValueError(f"{cfg.BasicSettings.env_name}: REM acts in discrete action spaces only (Atari)")
         self.models = build_run_models(cfg, self.action_dim, self.discrete, self.device, self.bf16)
         self.tokenizer, self.world_model, self.controller = (self.models[name] for name in
                                                              ("tokenizer", "world_model", "controller"))
