@@ -285,7 +285,7 @@ def test_load_corrupt_or_missing_file_names_the_path(tmp_path):
         make_buffer().load(tmp_path / "missing.pt")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 @pytest.mark.parametrize("store_on_device", [False, True])
 def test_cuda_samples_match_cpu_samples(store_on_device):
     cpu = make_buffer(num_envs=2, capacity=20)
