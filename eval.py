@@ -38,7 +38,7 @@ from config import (CONFIG_DIR, ConfigError, compose_config, config_differences,
                     stored_config)
 from env_wrapper import make_vector_env
 from agents import build_run_models
-from utils import load_checkpoint_file, seed_everything, select_device, use_bf16
+from utils import evaluation_bf16, load_checkpoint_file, seed_everything, select_device
 
 CSV_FIELDS = ["step", "episode_avg_return", "episode_std", "episode_min", "episode_max", "episodes"]
 # Training seeds env i with Seed + step + i (step <= 500k even on DMC), so evaluation
@@ -310,7 +310,7 @@ def run(args: argparse.Namespace) -> None:
         weights = load_weights(path)
         if weights["config"] != built_for:   # every checkpoint of a run shares one config: built once
             cfg = model_config(weights, given, path, args.env_name)
-            bf16 = use_bf16(cfg.BasicSettings.MixedPrecision, device)
+            bf16 = evaluation_bf16(cfg.BasicSettings.MixedPrecision, device)
             models = build_run_models(cfg, weights["action_dim"], weights["discrete"], device, bf16)
             built_for = weights["config"]
         missing = [name for name in models if name not in weights]

@@ -35,7 +35,7 @@ from tools.video_prediction.figure import prediction_figure
 from tools.video_prediction.protocol import (ProtocolError, collect_episodes, cut_clips, open_loop_rollout,
                                              perplexity, token_usage_perplexity)
 from tools.video_prediction.weights import I3DWeightsError, load_i3d
-from utils import seed_everything, select_device, use_bf16
+from utils import evaluation_bf16, seed_everything, select_device
 
 CSV_FIELDS = ["run", "step", "game", "env_name", "method", "videos", "context", "horizon", "fvd", "fvd_frames",
               "perplexity", "token_usage_perplexity", "classes", "i3d_size", "seed", "seconds"]
@@ -142,7 +142,7 @@ def run(args) -> dict[str, str]:
     env_name = cfg.BasicSettings.env_name
     try:
         device = select_device(args.device)
-        bf16 = use_bf16(cfg.BasicSettings.MixedPrecision, device)
+        bf16 = evaluation_bf16(cfg.BasicSettings.MixedPrecision, device)
     except (ValueError, RuntimeError) as error:
         raise EvalError(f"-device={args.device}: {error}") from None
     if "action_dim" not in weights or "discrete" not in weights:

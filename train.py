@@ -30,8 +30,8 @@ from config import ConfigError, config_differences, default_run_name, load_confi
 from env_wrapper import make_vector_env
 from replay_buffer import ReplayBuffer
 from agents import build_models
-from utils import (action_spec, atomic_torch_save, load_checkpoint_file, rng_state, seed_everything,
-                   select_device, set_rng_state, use_bf16, use_compile)
+from utils import (action_spec, atomic_torch_save, describe_device, describe_precision, load_checkpoint_file,
+                   rng_state, seed_everything, select_device, set_rng_state, use_bf16, use_compile)
 
 CHECKPOINT_GLOB = "checkpoint_*.pt"
 
@@ -119,7 +119,8 @@ class RunTrainer(ABC):
         self.timer = PhaseTimer(self.device)
 
     def start_message(self) -> str:
-        return f"{self.cfg.BasicSettings.env_name}, device {self.device}{' (bf16)' if self.bf16 else ''}"
+        precision = describe_precision(self.cfg.BasicSettings.MixedPrecision, self.device, self.bf16)
+        return f"{self.cfg.BasicSettings.env_name}, device {describe_device(self.device)}, precision {precision}"
 
     @abstractmethod
     def finished_message(self) -> str | None:
@@ -380,7 +381,7 @@ def main(raw_cfg: DictConfig) -> None:
         trainer.dirs.move_aside()
     elif latest is not None:
         trainer.restore(latest)
-        print(f"Resuming run {cfg.BasicSettings.n} from step {trainer.step} ({latest}); "
+        print(f"Resuming run {cfg.BasicSettings.n} from step {trainer.step} ({latest}): {trainer.start_message()}; "
               "pass BasicSettings.Resume=fresh to start over", flush=True)
     else:
         print(f"Starting run {cfg.BasicSettings.n} ({cfg.BasicSettings.model}): {trainer.start_message()}; "

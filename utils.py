@@ -2,6 +2,7 @@
 and RNG state, atomic checkpoint files, action-space sizes."""
 import os
 import random
+import sys
 import tempfile
 from pathlib import Path
 
@@ -19,13 +20,49 @@ def select_device(name: str) -> torch.device:
     return device
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes in bf16 natively: a CUDA GPU of compute capability 8.0 or later
+    (Ampere on). Older ones (V100 7.0, T4 7.5) emulate it, slower than fp32; asked of the run's
+    own device, not the current one."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def use_bf16(mixed_precision: str, device: torch.device) -> bool:
+    """BasicSettings.MixedPrecision: auto means bf16 autocast where the device has native bf16."""
     if mixed_precision == "fp32":
         return False
-    supported = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    supported = native_bf16(device)
     if mixed_precision == "bf16" and not supported:
-        raise ValueError(f"BasicSettings.MixedPrecision=bf16 needs a CUDA GPU with bf16 support; device is {device}")
+        raise ValueError(f"BasicSettings.MixedPrecision=bf16 needs a CUDA GPU with native bf16 (compute "
+                         f"capability 8.0 or later); device is {describe_device(device)}")
     return supported
+
+
+def evaluation_bf16(mixed_precision: str, device: torch.device) -> bool:
+    """The precision to evaluate a run in: its own where the device has it. A run trained with
+    MixedPrecision=bf16 is evaluated in fp32 on a device without native bf16 (its weights are
+    fp32 either way: autocast only computes in bf16), and a line on stderr says so."""
+    if mixed_precision == "bf16" and not native_bf16(device):
+        print(f"note: the run trained with bf16 autocast; {describe_device(device)} has no native bf16, "
+              "so it is evaluated in fp32", file=sys.stderr)
+        return False
+    return use_bf16(mixed_precision, device)
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type != "cuda":
+        return str(device)
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"{device} ({torch.cuda.get_device_name(device)}, compute capability {major}.{minor})"
+
+
+def describe_precision(mixed_precision: str, device: torch.device, bf16: bool) -> str:
+    """The precision a run computes in, for its first line."""
+    if bf16:
+        return "bf16 autocast"
+    if mixed_precision == "auto" and device.type == "cuda":
+        return "fp32 (MixedPrecision=auto and this GPU has no native bf16)"
+    return "fp32"
 
 
 def use_compile(setting: bool | None, device: torch.device) -> bool:

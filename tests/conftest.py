@@ -1,15 +1,44 @@
+import os
+
 import pytest
 import torch
+
+# What the machine really has, for the tests marked cuda (everything else runs CPU-only).
+_CUDA_AVAILABLE = torch.cuda.is_available
+_VISIBLE_DEVICES = os.environ.get("CUDA_VISIBLE_DEVICES")
 
 
 def pytest_collection_modifyitems(config, items):
     """Tests marked `cuda` ask for the GPU explicitly; without one they are skipped, not failed."""
-    if torch.cuda.is_available():
+    if _CUDA_AVAILABLE():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cpu_only():
+    """The suite runs as on a machine without a GPU, so it gives the same verdicts everywhere:
+    `Device=auto` resolves to the CPU (hence fp32 and no compile) in this process, and the
+    entry points the tests start as subprocesses see no GPU either. Session-wide, so fixtures
+    of any scope are pinned too; tests marked `cuda` get the GPU back (`gpu_for_cuda_tests`)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.cuda, "is_available", lambda: False)
+        patch.setenv("CUDA_VISIBLE_DEVICES", "")
+        yield
+
+
+@pytest.fixture(autouse=True)
+def gpu_for_cuda_tests(request, cpu_only, monkeypatch):
+    if "cuda" not in request.keywords:
+        return
+    monkeypatch.setattr(torch.cuda, "is_available", _CUDA_AVAILABLE)
+    if _VISIBLE_DEVICES is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", _VISIBLE_DEVICES)
 
 
 @pytest.fixture(scope="module")

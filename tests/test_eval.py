@@ -157,6 +157,19 @@ def test_models_are_built_from_the_stored_config_without_retyping_overrides(trai
     assert code == 0 and "warning" not in err
 
 
+def test_run_trained_with_bf16_is_evaluated_in_fp32_on_a_cpu(trained, tmp_path, capsys):
+    """bf16 autocast leaves the weights in fp32, so a bf16 run's weights file differs from an fp32
+    one only in its stored config: this one says MixedPrecision=bf16, as a GPU run's would."""
+    weights = torch.load(trained / RUN / "weights_24.pt", weights_only=False)
+    weights["config"]["BasicSettings"]["MixedPrecision"] = "bf16"
+    (tmp_path / "saved_models" / RUN).mkdir(parents=True)
+    torch.save(weights, tmp_path / "saved_models" / RUN / "weights_24.pt")
+    code, out, err = eval_main(capsys, *base_args(tmp_path / "saved_models", tmp_path), "-device=cpu")
+    assert code == 0, err
+    assert "the run trained with bf16 autocast; cpu has no native bf16, so it is evaluated in fp32" in err
+    assert "step 24: return" in out
+
+
 def test_missing_checkpoint_folder_names_the_run(tmp_path, capsys):
     code, _, err = eval_main(capsys, *base_args(tmp_path / "nowhere", tmp_path, run="No-Such-Run"))
     assert code == 2 and "no run 'No-Such-Run'" in err and "does not exist" in err

@@ -54,8 +54,9 @@ def kill_after_checkpoint(command, folder: Path, first: int, final: int, timeout
     ["BasicSettings.config_path=config_files/GITSTORM.yaml"],       # GIT-STORM, the authors' form
 ])
 def test_cli_dry_run_writes_events_and_checkpoints(tmp_path, config_args):
-    run(train_command(tmp_path, *config_args, "JointTrainAgent.SampleMaxSteps=60",
-                      "JointTrainAgent.SaveEverySteps=30", "BasicSettings.n=dry"))
+    result = run(train_command(tmp_path, *config_args, "JointTrainAgent.SampleMaxSteps=60",
+                               "JointTrainAgent.SaveEverySteps=30", "BasicSettings.n=dry"))
+    assert "device cpu, precision fp32" in result.stdout     # the first line says what the run computes in
     checkpoints = tmp_path / "saved_models" / "dry"
     assert steps_of(checkpoints, "weights_*.pt") == [30, 60]
     assert steps_of(checkpoints, "checkpoint_*.pt") == [30, 60]
@@ -117,11 +118,13 @@ def test_non_finite_updates_are_skipped_then_stop_the_run_naming_step_and_loss(t
                                           "JointTrainAgent.MaxNonFiniteUpdates=3"])
     trainer = Trainer(cfg)
     trainer.step = 1234
-    obs = torch.randint(0, 256, (2, 8, 64, 64, 3), dtype=torch.uint8)
-    actions = torch.zeros(2, 8, dtype=torch.long)
-    rewards = torch.full((2, 8), float("nan"))
+    device = trainer.device   # a batch as the replay buffer gives it: on the trainer's device
+    obs = torch.randint(0, 256, (2, 8, 64, 64, 3), dtype=torch.uint8, device=device)
+    actions = torch.zeros(2, 8, dtype=torch.long, device=device)
+    rewards = torch.full((2, 8), float("nan"), device=device)
+    zeros = torch.zeros(2, 8, device=device)
     before = [p.detach().clone() for p in trainer.world_model.parameters()]
-    metrics, finite = trainer.world_model.update(obs, actions, rewards, torch.zeros(2, 8))
+    metrics, finite = trainer.world_model.update(obs, actions, rewards, zeros)
     assert not bool(finite)
     assert all(torch.equal(b, p) for b, p in zip(before, trainer.world_model.parameters()))
 
@@ -131,7 +134,7 @@ def test_non_finite_updates_are_skipped_then_stop_the_run_naming_step_and_loss(t
     trainer.track(metrics, finite, pending)
     assert len(pending["health/skipped_updates"]) == 2
     trainer.check_health(pending)                     # 2 in a row: below the limit of 3
-    good_metrics, good = trainer.world_model.update(obs, actions, torch.zeros(2, 8), torch.zeros(2, 8))
+    good_metrics, good = trainer.world_model.update(obs, actions, zeros, zeros)
     trainer.track(good_metrics, good, pending)        # a finite update ends the run of bad ones ...
     trainer.track(metrics, finite, pending)
     trainer.check_health(pending)                     # ... so the longest run is still 2
