@@ -346,7 +346,8 @@ class Trainer(RunTrainer):
         train = self.cfg.JointTrainAgent
         context, horizon = train.ImagineContextLength, train.ImagineBatchLength
         obs, actions, _, _ = self.buffer.sample(4, context + horizon)
-        rollout = self.world_model.imagine(obs[:, :context], actions[:, :context], actions[:, context:], horizon)
+        rollout = self.world_model.imagine(obs[:, :context], actions[:, :context], actions[:, context:], horizon,
+                                           eager=True)
         predicted = self.world_model.decode(rollout.latents[:, 1:].unflatten(-1, (self.world_model.num_variables,
                                                                                    self.world_model.num_classes)))
         real = obs[:, context:].float() / 255.0

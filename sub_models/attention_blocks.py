@@ -15,12 +15,13 @@ import torch.nn.functional as F
 class LayerCache:
     """Keys and values of one attention layer for the steps seen so far.
 
-    Preallocated to the maximum length so a step writes in place instead of
-    concatenating (no reallocation, no re-projection of the history).
+    Preallocated to the most tokens it will hold so a step writes in place instead of
+    concatenating (no reallocation, no re-projection of the history). Left uninitialised:
+    attention reads only the `length` tokens written so far.
     """
     keys: torch.Tensor    # (B, heads, max_len, head_dim)
     values: torch.Tensor  # (B, heads, max_len, head_dim)
-    length: int = 0       # steps filled; a Python int, so no device sync to read it
+    length: int = 0       # tokens filled; a Python int, so no device sync to read it
 
 
 class CausalSelfAttention(nn.Module):
@@ -34,8 +35,8 @@ class CausalSelfAttention(nn.Module):
 
     def empty_cache(self, batch: int, max_len: int, device, dtype) -> LayerCache:
         shape = (batch, self.num_heads, max_len, self.head_dim)
-        return LayerCache(torch.zeros(shape, device=device, dtype=dtype),
-                          torch.zeros(shape, device=device, dtype=dtype))
+        return LayerCache(torch.empty(shape, device=device, dtype=dtype),
+                          torch.empty(shape, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
         # x: (B, L, D) new steps; with a cache they follow the cache.length steps already seen.
@@ -45,7 +46,7 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             past = cache.length
             if past + L > cache.keys.shape[2]:
-                raise ValueError(f"KV cache holds {cache.keys.shape[2]} steps; cannot add {L} to {past}")
+                raise ValueError(f"KV cache holds {cache.keys.shape[2]} tokens; cannot add {L} to {past}")
             cache.keys[:, :, past:past + L] = k.to(cache.keys.dtype)
             cache.values[:, :, past:past + L] = v.to(cache.values.dtype)
             cache.length = past + L

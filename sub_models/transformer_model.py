@@ -25,14 +25,22 @@ class StochasticTransformer(nn.Module):
         self.blocks = nn.ModuleList(
             TransformerBlock(dim, num_heads, feedforward_dim, dropout) for _ in range(num_layers))
 
-    def start_cache(self, batch: int, device, dtype=torch.float32) -> list[LayerCache]:
-        return [block.attention.empty_cache(batch, self.max_length * self.tokens_per_step, device, dtype)
+    def start_cache(self, batch: int, device, dtype=torch.float32, steps: int | None = None) -> list[LayerCache]:
+        """An empty key/value cache for `steps` steps (default TransformerMaxLength): size it to
+        what will be fed (imagination: context + horizon), since it holds steps x tokens_per_step
+        keys and values per layer."""
+        steps = self.max_length if steps is None else steps
+        return [block.attention.empty_cache(batch, steps * self.tokens_per_step, device, dtype)
                 for block in self.blocks]
+
+    def cached_steps(self, cache: list[LayerCache]) -> int:
+        """Steps fed through `cache` so far (it counts tokens, several per step without a mixer)."""
+        return cache[0].length // self.tokens_per_step
 
     def forward(self, z: torch.Tensor, action: torch.Tensor, cache: list[LayerCache] | None = None) -> torch.Tensor:
         # z: (B, L, K, C) one-hot latents, action: (B, L, A) -> h: (B, L, D)
         per_step = self.tokens_per_step
-        start = cache[0].length // per_step if cache is not None else 0
+        start = self.cached_steps(cache) if cache is not None else 0
         length = z.shape[1]
         if start + length > self.max_length:
             raise ValueError(f"sequence of {start + length} steps exceeds TransformerMaxLength={self.max_length}")

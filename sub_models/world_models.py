@@ -224,7 +224,7 @@ class WorldModel(nn.Module):
         self.loss = torch.compile(self.loss, fullgraph=True)
         self.rollout = torch.compile(self.rollout, fullgraph=True)
 
-    def imagine(self, obs, actions, policy: Policy | torch.Tensor, horizon: int) -> Imagination:
+    def imagine(self, obs, actions, policy: Policy | torch.Tensor, horizon: int, eager: bool = False) -> Imagination:
         """Roll out `horizon` steps from real context sequences, in eval mode.
 
         obs (B, C, H, W, 3) uint8 and actions (B, C[, A]) are encoded and fed through the
@@ -232,9 +232,13 @@ class WorldModel(nn.Module):
         s_l = [z_l, h_l], the transformer consumes (z_l, a_l) as one new step and the heads
         predict r_l, c_l and z_{l+1}. Everything stays on the device. `policy` is a callable
         (z (B, K*C), h (B, D)) -> action, or a tensor (B, horizon[, A]) of actions to replay
-        open loop (videos, video prediction).
+        open loop (videos, video prediction). `eager` runs the uncompiled rollout whatever
+        BasicSettings.Compile says: a video's batch of 4 and tensor policy would otherwise
+        compile the rollout a second time, for minutes, to draw one video.
         """
         self.eval()
+        if eager:   # the class's method, not the compiled one compile_hot_paths put on the instance
+            return type(self).rollout(self, obs, actions, policy, horizon)
         return self.rollout(obs, actions, policy, horizon)
 
     @torch.no_grad()
@@ -244,7 +248,8 @@ class WorldModel(nn.Module):
         with autocast_for(self.device, self.use_bf16):
             z_context = self.encode(obs)[1]
             bf16 = self.use_bf16 and self.device.type == "cuda"   # the dtype autocast_for computes in
-            cache = self.sequence_model.start_cache(batch, self.device, torch.bfloat16 if bf16 else torch.float32)
+            cache = self.sequence_model.start_cache(batch, self.device, torch.bfloat16 if bf16 else torch.float32,
+                                                    steps=obs.shape[1] + horizon)
             h = self.sequence_model(z_context, self.action_input(actions), cache)[:, -1]
             z, _ = self.prior.sample(h)
             latents, hiddens, taken, rewards, terminations = [z.flatten(-2)], [h], [], [], []

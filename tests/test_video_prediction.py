@@ -172,10 +172,14 @@ class StubSequenceModel:
     max_length = 64
 
     def __init__(self):
-        self.longest = 0
+        self.longest = self.largest_cache = 0
 
-    def start_cache(self, batch, device, dtype):
+    def start_cache(self, batch, device, dtype, steps=None):
+        self.largest_cache = max(self.largest_cache, steps or self.max_length)
         return [StubCache()]
+
+    def cached_steps(self, cache):
+        return cache[0].length
 
     def __call__(self, z, action, cache):
         cache[0].length += z.shape[1]
@@ -244,13 +248,38 @@ def test_perplexity_is_one_over_p_when_the_prior_puts_p_on_the_true_token(window
     expected = (actions[:, 3:11] % classes)[..., None].expand(-1, -1, 3)
     assert torch.equal(rollout.tokens, expected)
     assert torch.equal(rollout.frames[..., 0, 0, 0], (expected[..., 0].float() / 10 * 255).round().to(torch.uint8))
-    assert wm.sequence_model.longest <= window
+    assert wm.sequence_model.longest <= window and wm.sequence_model.largest_cache == window
     # a prior that puts p on a wrong token: every true token has (1 - p) / (C - 1)
     wrong = open_loop_rollout(StubWorldModel(p, num_classes=classes), *clips_where_future_is(1), context=4,
                               window=window)
     assert perplexity(wrong.token_nll) == pytest.approx((classes - 1) / (1 - p))
     assert token_usage_perplexity(torch.tensor([0, 1, 2, 3]), 8) == pytest.approx(4.0)
     assert token_usage_perplexity(torch.tensor([2, 2, 2]), 8) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("mixer", ["unmixed", "ivideogpt"])
+def test_rollout_past_the_window_with_several_tokens_per_step(mixer):
+    """Without a state mixer a step is several tokens: the window (steps) is compared with the
+    steps cached, not the tokens. Context 2, window 4, horizon 6: steps 0-2 are predicted from
+    one growing cache, so they equal those of a rollout that never rebuilds (same RNG); step 3
+    is the first predicted from a cache rebuilt over the last 4 steps (positions from 0)."""
+    from config import compose_config
+    from sub_models.world_models import WorldModel
+    cfg = compose_config("STORM", ["+preset=cpu", f"Models.WorldModel.StateMixer={mixer}"])
+    torch.manual_seed(0)
+    wm = WorldModel(cfg.Models, 18, True)
+    g = torch.Generator().manual_seed(1)
+    obs = torch.randint(0, 256, (2, 8, 64, 64, 3), dtype=torch.uint8, generator=g)
+    actions = torch.randint(0, 18, (2, 8), generator=g)
+    rollouts = []
+    for window in (4, 32):
+        torch.manual_seed(2)
+        rollouts.append(open_loop_rollout(wm, obs, actions, context=2, window=window))
+    windowed, unwindowed = rollouts
+    assert windowed.frames.shape == (2, 6, 64, 64, 3) and windowed.token_nll.shape == (2, 6, 8)
+    assert torch.equal(windowed.tokens[:, :3], unwindowed.tokens[:, :3])
+    assert torch.allclose(windowed.token_nll[:, :3], unwindowed.token_nll[:, :3], atol=1e-5)
+    assert not torch.allclose(windowed.token_nll[:, 3], unwindowed.token_nll[:, 3], atol=1e-3)
 
 
 # ---------------------------------------------------------------------- the command

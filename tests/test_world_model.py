@@ -472,9 +472,14 @@ def test_imagine_shapes_and_full_forward_agreement(prior):
     z_context = random_one_hot(B, C, K, num_classes=Cl, generator=g)
     context_actions = torch.randint(0, 18, (B, C), generator=g)
     obs = torch.randint(0, 256, (B, C, 64, 64, 3), dtype=torch.uint8, generator=g)
-    seen = []
-    with mock.patch.object(wm, "encode", lambda o: (torch.zeros_like(z_context), z_context)):
+    seen, caches = [], []
+    start_cache = wm.sequence_model.start_cache
+    with (mock.patch.object(wm, "encode", lambda o: (torch.zeros_like(z_context), z_context)),
+          mock.patch.object(wm.sequence_model, "start_cache", lambda *a, **k: caches.append(start_cache(*a, **k))
+                            or caches[-1])):
         imag = wm.imagine(obs, context_actions, policy_recorder(18, seen), H)
+    # one cache per layer, sized to the C + H = 10 steps fed, not TransformerMaxLength = 32
+    assert [layer.keys.shape for layer in caches[0]] == [(B, 2, C + H, 32)]
     assert imag.latents.shape == (B, H + 1, K * Cl) and imag.hiddens.shape == (B, H + 1, 64)
     assert imag.actions.shape == imag.rewards.shape == imag.terminations.shape == (B, H)
     for x in imag:

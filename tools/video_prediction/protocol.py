@@ -151,7 +151,7 @@ def open_loop_rollout(world_model, obs: torch.Tensor, actions: torch.Tensor, con
         z_context = wm.encode_sample(obs[:, :context])                 # (B, C, K, V) one-hot posterior
         z_real = wm.encode_sample(obs[:, context:])                    # (B, H, K, V) targets of the perplexity
         history_z = list(z_context.unbind(1))                           # one (B, K, V) per step fed
-        cache = wm.sequence_model.start_cache(batch, device, dtype)
+        cache = wm.sequence_model.start_cache(batch, device, dtype, steps=window)
         h = wm.sequence_model(z_context, wm.action_input(actions[:, :context]), cache)[:, -1]   # (B, D)
         predicted, nll, tokens = [], [], []
         for step in range(horizon):
@@ -164,8 +164,8 @@ def open_loop_rollout(world_model, obs: torch.Tensor, actions: torch.Tensor, con
                 break
             history_z.append(z.float())
             t = context + step                                          # the step z predicts, fed with a_t
-            if cache[0].length + 1 > window:
-                cache = wm.sequence_model.start_cache(batch, device, dtype)
+            if wm.sequence_model.cached_steps(cache) + 1 > window:
+                cache = wm.sequence_model.start_cache(batch, device, dtype, steps=window)
                 z_window = torch.stack(history_z[-window:], 1)
                 h = wm.sequence_model(z_window, wm.action_input(actions[:, t + 1 - window:t + 1]), cache)[:, -1]
             else:
