@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from sub_models.rem.controller import sample_actions
+from utils import to_device
 
 
 class EnvActor:
@@ -42,14 +43,14 @@ class EnvActor:
         """obs (N, H, W, 3) uint8 -> actions for the N envs (sampled, not greedy)."""
         device = self.world_model.device
         if random or not self.latent_history:
-            action = torch.as_tensor(self.random_actions(), device=device)
+            action = to_device(self.random_actions(), device)
         else:
             z_next, h = self.world_model.act_state(torch.stack(list(self.latent_history), dim=1),
                                                    torch.stack(list(self.action_history), dim=1))
             action = self.agent.policy(z_next, h)
             if action.is_floating_point():   # continuous: the env executes the Normal draw clipped to [-1, 1]
                 action = action.clamp(-1.0, 1.0)
-        self.latent_history.append(self.world_model.encode_sample(torch.as_tensor(obs, device=device)))
+        self.latent_history.append(self.world_model.encode_sample(to_device(obs, device)))
         self.action_history.append(action)
         return action.cpu().numpy()
 
@@ -79,7 +80,7 @@ class ControllerActor:
     @torch.no_grad()
     def act(self, obs: np.ndarray, random: bool = False) -> np.ndarray:
         """obs (N, H, W, 3) uint8 -> actions (N,)."""
-        frames = torch.as_tensor(obs, device=self.tokenizer.device)
+        frames = to_device(obs, self.tokenizer.device)
         codes = self.tokenizer.to_codes(self.tokenizer.tokenize(frames))
         logits, _, self.state = self.controller.observe(codes, self.state)
         action = sample_actions(logits, self.temperature, 1.0 if random else self.epsilon)
@@ -89,7 +90,7 @@ class ControllerActor:
     def end_episodes(self, ended: np.ndarray) -> None:
         """The envs in `ended` (N,) bool start new episodes: their LSTM state goes back to zeros."""
         if ended.any():
-            keep = torch.as_tensor(~ended, device=self.state[0].device)[:, None].to(self.state[0].dtype)
+            keep = to_device(~ended, self.state[0].device)[:, None].to(self.state[0].dtype)
             self.state = tuple(part * keep for part in self.state)
 
 

@@ -24,8 +24,10 @@ Randomness comes from torch's global CPU generator, so checkpointing torch's RNG
 makes sampling reproducible, whatever device the buffer lives on.
 
 Storage lives in CPU memory (default) or on the training device (`store_on_device=True`,
-which makes sampling a pure on-device gather). With CPU storage and a CUDA device, each
-gathered batch is pinned before the copy so the host-to-device transfer is asynchronous.
+which makes sampling a pure on-device gather). Whatever crosses from the host to a GPU (the
+appended steps, the sampled indices, batches gathered in CPU storage) goes through pinned
+memory without blocking (utils.to_device), so neither appending nor sampling waits for the
+updates the GPU is still running.
 
 `save(path)` / `load(path)` write and read the filled part of the buffer atomically so a
 run can resume without refilling it; `load` is an instance method that fills an already
@@ -36,7 +38,7 @@ import os
 import torch
 from torch import Tensor
 
-from utils import atomic_torch_save
+from utils import atomic_torch_save, to_device
 
 
 class ReplayBuffer:
@@ -84,7 +86,6 @@ class ReplayBuffer:
         self.action = torch.zeros((E, L, *self.action_shape), dtype=action_dtype, device=storage_device)
         self.reward = torch.zeros((E, L), dtype=torch.float32, device=storage_device)
         self.termination = torch.zeros((E, L), dtype=torch.float32, device=storage_device)
-        self._pin_batches = self.device.type == "cuda" and not store_on_device
 
     # ------------------------------------------------------------------ filling
 
@@ -117,12 +118,12 @@ class ReplayBuffer:
         reward = self._check("reward", reward, (N,))
         termination = self._check("termination", termination, (N,))
 
-        # copy_ casts to the storage dtype (e.g. bool termination -> float32) and device.
-        t = self.head
-        self.obs[:, t].copy_(obs)
-        self.action[:, t].copy_(action)
-        self.reward[:, t].copy_(reward)
-        self.termination[:, t].copy_(termination)
+        # copy_ casts to the storage dtype (e.g. bool termination -> float32).
+        t, storage_device = self.head, self.obs.device
+        self.obs[:, t].copy_(to_device(obs, storage_device))
+        self.action[:, t].copy_(to_device(action, storage_device))
+        self.reward[:, t].copy_(to_device(reward, storage_device))
+        self.termination[:, t].copy_(to_device(termination, storage_device))
         self.num_appended += 1
 
     @staticmethod
@@ -165,17 +166,14 @@ class ReplayBuffer:
         slot = (oldest + offset[:, None] + torch.arange(length)) % self.track_capacity  # (B, T)
 
         storage_device = self.obs.device
-        env = env[:, None].to(storage_device)                                   # (B, 1), broadcasts over T
-        slot = slot.to(storage_device)
+        env = to_device(env[:, None], storage_device)                           # (B, 1), broadcasts over T
+        slot = to_device(slot, storage_device)
         batch = (self.obs[env, slot], self.action[env, slot], self.reward[env, slot], self.termination[env, slot])
         return tuple(self.to_device(x) for x in batch)
 
     def to_device(self, x: Tensor) -> Tensor:
-        if self._pin_batches:
-            # Pinned host memory lets the copy overlap with GPU work; torch's caching host
-            # allocator keeps the pinned block alive until the copy has finished.
-            return x.pin_memory().to(self.device, non_blocking=True)
-        return x.to(self.device)
+        """A tensor gathered from the storage onto the training device."""
+        return to_device(x, self.device)
 
     # ------------------------------------------------------------------ persistence
 

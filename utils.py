@@ -4,6 +4,7 @@ import os
 import random
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import gymnasium
@@ -18,6 +19,17 @@ def select_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"BasicSettings.Device={name!r}, but CUDA is not available on this machine; use auto or cpu")
     return device
+
+
+def to_device(x, device: torch.device) -> torch.Tensor:
+    """A host array or tensor onto `device`. To a GPU it goes through pinned (page-locked) memory
+    without blocking the host: a plain copy from pageable memory waits until the GPU has done all
+    the work queued before it. `pin_memory` copies x into a block of torch's caching host
+    allocator, which keeps the block until the copy is done, so x may be reused at once."""
+    x = torch.as_tensor(x)
+    if device.type == "cuda" and x.device.type == "cpu":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -68,6 +80,21 @@ def describe_precision(mixed_precision: str, device: torch.device, bf16: bool) -
 def use_compile(setting: bool | None, device: torch.device) -> bool:
     """BasicSettings.Compile: None means on for CUDA (where launch overhead dominates), off for CPU."""
     return device.type == "cuda" if setting is None else bool(setting)
+
+
+@contextmanager
+def full_fp32():
+    """fp32 matmuls and convolutions computed in full fp32 inside, not in TF32 (which CUDA uses for
+    convolutions by default, and for matmuls where set_float32_matmul_precision("high") is set);
+    the settings in force before are restored after."""
+    matmul, convolution = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(matmul)
+        torch.backends.cudnn.allow_tf32 = convolution
 
 
 def seed_everything(seed: int) -> None:

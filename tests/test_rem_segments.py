@@ -1,6 +1,8 @@
 """REM's episode segments over the replay buffer (sub_models/rem/segments.py), checked against
 episodes laid out by hand. Every frame is filled with (its append count + 1), so a real frame
 is never 0 and a padded one always is."""
+from unittest import mock
+
 import pytest
 import torch
 
@@ -112,3 +114,31 @@ def test_sampling_without_a_long_enough_episode_is_a_clear_error():
         segments.forward_segments(4, 5, min_real=3)
     with pytest.raises(ValueError, match="replay buffer is empty"):
         EpisodeSegments(ReplayBuffer((2, 2, 3), (), torch.long, 1, 8, 0)).frames(2)
+
+
+def test_valid_segment_steps_are_found_once_per_buffer_change():
+    """`nonzero` (its size depends on the data, so on a GPU it waits for the device) runs once
+    per sampler after the buffer changed, not at every update; the draws are as before."""
+    buffer = filled_buffer(ENDS)
+    segments = EpisodeSegments(buffer)
+    calls = []
+    nonzero = torch.Tensor.nonzero
+
+    def counted(tensor, *args, **kwargs):
+        calls.append(tensor.shape)
+        return nonzero(tensor, *args, **kwargs)
+
+    torch.manual_seed(0)
+    with mock.patch.object(torch.Tensor, "nonzero", counted):
+        drawn = [segments.forward_segments(8, 4, min_real=3)[0] for _ in range(3)]
+        segments.backward_segments(8, 4, min_real=3)
+        segments.backward_segments(8, 4, min_real=3)
+        assert len(calls) == 2                                  # one per sampler
+        buffer.append(torch.full((1, 2, 2, 3), 13, dtype=torch.uint8), torch.tensor([12]), torch.tensor([0.0]),
+                      torch.tensor([0.0]))
+        segments.forward_segments(8, 4, min_real=3)
+        assert len(calls) == 3                                  # the buffer changed: found again
+    torch.manual_seed(0)
+    fresh = EpisodeSegments(filled_buffer(ENDS))
+    for obs in drawn:
+        assert torch.equal(obs, fresh.forward_segments(8, 4, min_real=3)[0])

@@ -141,7 +141,18 @@ def test_tokenizer_loss_by_hand():
     assert metrics["tokenizer/commitment_loss"].item() == pytest.approx(commit.item(), rel=1e-5)
     assert metrics["tokenizer/reconstruction_loss"].item() == pytest.approx(rec.item(), rel=1e-5)
     assert total.item() == pytest.approx((commit + rec).item(), rel=1e-5)
+    p = torch.bincount(tok.tokenize(obs).flatten(), minlength=64).double() / (3 * 64)   # code usage
+    usage_perplexity = torch.exp(-(p[p > 0] * p[p > 0].log()).sum())
+    assert metrics["tokenizer/codebook_perplexity"].item() == pytest.approx(usage_perplexity.item(), rel=1e-5)
     assert tok.to_codes(torch.zeros(2, 5, 64, dtype=torch.long)).shape == (2, 5, 32, 8, 8)
+
+
+def test_tokenizer_loss_has_no_data_dependent_shapes():
+    """Meta tensors hold no data, so an op whose output size depends on the data (torch.bincount,
+    nonzero: each waits for the GPU at every update) cannot run on them."""
+    tok = Tokenizer(config("+preset=rem_cpu").Models.Tokenizer).to("meta")
+    total, metrics = tok.loss(torch.empty(3, 64, 64, 3, dtype=torch.uint8, device="meta"))
+    assert total.shape == metrics["tokenizer/codebook_perplexity"].shape == ()
 
 
 # --------------------------------------------------------------------------- POP training forward

@@ -120,6 +120,30 @@ def test_fvd_is_zero_on_itself_symmetric_and_grows_with_noise():
     assert all(a < b for a, b in zip(distances, distances[1:])), distances
 
 
+def test_i3d_features_are_computed_without_tf32_and_the_settings_restored(monkeypatch):
+    """TF32 (CUDA's default for convolutions, and for matmuls under precision "high") would put
+    the features off the reference by far more than the port's 2e-5."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    torch.set_float32_matmul_precision("high")
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, batch):
+            seen.append((torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32))
+            return torch.zeros(len(batch), 400)
+
+    try:
+        features = i3d_features(Recorder(), torch.zeros(3, 4, 8, 8, 3, dtype=torch.uint8), batch_size=2, size=8)
+        assert features.shape == (3, 400) and seen == [("highest", False)] * 2
+        assert torch.get_float32_matmul_precision() == "high" and torch.backends.cudnn.allow_tf32
+    finally:
+        torch.set_float32_matmul_precision("highest")
+
+
 def test_fvd_with_i3d_grows_as_noise_is_added_to_the_videos(i3d_model):
     """The whole path (uint8 videos -> resize -> I3D -> FVD) on small 32x32 inputs to I3D."""
     model = i3d_model

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from replay_buffer import ReplayBuffer
+from utils import to_device
 
 
 class EpisodeSegments:
@@ -33,6 +34,7 @@ class EpisodeSegments:
         # run resets its envs); saved with the checkpoint.
         self.cuts: list[int] = []
         self._cache_key = None
+        self._candidates: dict[tuple[str, int], Tensor] = {}
 
     def mark_new_episode(self) -> None:
         """The envs were reset without a stored end: the next appended step begins new episodes."""
@@ -48,6 +50,7 @@ class EpisodeSegments:
         if key != self._cache_key:
             self._cached = self._build_index()
             self._cache_key = key
+            self._candidates = {}
         return self._cached
 
     def _build_index(self):
@@ -81,16 +84,13 @@ class EpisodeSegments:
         """batch_size frames (B, H, W, 3) uint8, uniform over every stored step of every env."""
         slots, episode_start, _ = self._index()
         envs, n = episode_start.shape
-        flat = torch.randint(0, envs * n, (batch_size,)).to(slots.device)
+        flat = to_device(torch.randint(0, envs * n, (batch_size,)), slots.device)
         return self.buffer.to_device(self.buffer.obs[flat // n, slots[flat % n]])
 
     def forward_segments(self, batch_size: int, length: int, min_real: int):
         """World-model segments: (obs, action, reward, termination, mask), each (B, T, ...)."""
         slots, episode_start, episode_stop = self._index()
-        n = slots.shape[0]
-        positions = torch.arange(n, device=slots.device)
-        valid = episode_stop - positions >= min_real                            # (E, n) valid starts
-        env, first = self._draw(valid, batch_size, f"{min_real} steps from its start")
+        env, first = self._draw("forward", min_real, batch_size)
         steps = first[:, None] + torch.arange(length, device=slots.device)       # (B, T)
         mask = steps < episode_stop[env, first][:, None]
         return self._gather(slots, env, steps, mask)
@@ -98,10 +98,7 @@ class EpisodeSegments:
     def backward_segments(self, batch_size: int, length: int, min_real: int):
         """Controller segments ending at a sampled step: (obs, action, reward, termination, mask)."""
         slots, episode_start, _ = self._index()
-        n = slots.shape[0]
-        positions = torch.arange(n, device=slots.device)
-        valid = positions - episode_start + 1 >= min_real                       # (E, n) valid last steps
-        env, last = self._draw(valid, batch_size, f"{min_real} steps up to its end")
+        env, last = self._draw("backward", min_real, batch_size)
         steps = last[:, None] - length + 1 + torch.arange(length, device=slots.device)
         mask = steps >= episode_start[env, last][:, None]
         return self._gather(slots, env, steps, mask)
@@ -125,14 +122,28 @@ class EpisodeSegments:
 
     # ------------------------------------------------------------------ helpers
 
-    @staticmethod
-    def _draw(valid: Tensor, batch_size: int, requirement: str) -> tuple[Tensor, Tensor]:
-        """batch_size (env, position) pairs uniform over the True entries of valid (E, n)."""
-        candidates = valid.flatten().nonzero().squeeze(1)
+    def _candidates_for(self, direction: str, min_real: int) -> Tensor:
+        """Flat indices env * n + position (count,) of the valid first steps ("forward": at least
+        min_real real steps from there on in the episode) or last steps ("backward": at least
+        min_real up to there). `nonzero` has a data-dependent size, so on a GPU it waits for the
+        device: it runs once per buffer change, and the updates of an epoch reuse its result."""
+        key = (direction, min_real)
+        if key not in self._candidates:
+            slots, episode_start, episode_stop = self._index()
+            positions = torch.arange(slots.shape[0], device=slots.device)
+            valid = (episode_stop - positions >= min_real if direction == "forward"
+                     else positions - episode_start + 1 >= min_real)                  # (E, n)
+            self._candidates[key] = valid.flatten().nonzero().squeeze(1)
+        return self._candidates[key]
+
+    def _draw(self, direction: str, min_real: int, batch_size: int) -> tuple[Tensor, Tensor]:
+        """batch_size (env, position) pairs uniform over the valid steps of `_candidates_for`."""
+        candidates = self._candidates_for(direction, min_real)
         if candidates.numel() == 0:
-            raise ValueError(f"no stored episode has {requirement} yet: collect more steps first")
-        pick = candidates[torch.randint(0, candidates.numel(), (batch_size,)).to(candidates.device)]
-        n = valid.shape[1]
+            requirement = "from its start" if direction == "forward" else "up to its end"
+            raise ValueError(f"no stored episode has {min_real} steps {requirement} yet: collect more steps first")
+        pick = candidates[to_device(torch.randint(0, candidates.numel(), (batch_size,)), candidates.device)]
+        n = self.buffer.filled
         return pick // n, pick % n
 
     def _gather(self, slots: Tensor, env: Tensor, steps: Tensor, mask: Tensor):
@@ -146,4 +157,4 @@ class EpisodeSegments:
             values = storage[rows, safe]
             shape = keep.shape + (1,) * (values.dim() - 2)
             out.append(buf.to_device(values * keep.reshape(shape).to(values.dtype)))
-        return (*out, mask.to(buf.device))
+        return (*out, to_device(mask, buf.device))

@@ -173,7 +173,10 @@ class Tokenizer(nn.Module):
         commit_loss = codebook_loss + self.cfg.CommitmentBeta * commitment
         reconstruction = F.mse_loss(self.decode(self.straight_through(z, z_q)), x)
         total = commit_loss + reconstruction
-        usage = torch.bincount(tokens.flatten(), minlength=self.vocab_size).float()
+        # How often each code is used, by a scatter-add: torch.bincount sizes its output by the
+        # largest token, which on a GPU waits for the device at every update.
+        flat = tokens.flatten()
+        usage = torch.zeros(self.vocab_size, device=flat.device).index_add_(0, flat, torch.ones_like(flat, dtype=torch.float))
         probs = usage / usage.sum()
         perplexity = torch.exp(-(probs * torch.log(probs.clamp_min(1e-12))).sum())
         metrics = {"tokenizer/total_loss": total.detach(), "tokenizer/commitment_loss": commit_loss.detach(),

@@ -53,6 +53,11 @@ class REMTrainer(RunTrainer):
     def __init__(self, cfg: DictConfig):
         train = cfg.REMTrain
         super().__init__(cfg, train.NumEnvs, train.KeepCheckpoints, train.MaxNonFiniteUpdates)
+        if self.device.type == "cuda":
+            # REM trains in fp32 (REM.yaml); on Ampere and later GPUs its matmuls then run in TF32
+            # (fp32 range, 10-bit mantissa; convolutions already do by default), ~4x the fp32
+            # throughput. Its losses stay within 1e-2 relative of full fp32 (tests/test_cuda_paths.py).
+            torch.set_float32_matmul_precision("high")
         self.models = build_run_models(cfg, self.action_dim, self.discrete, self.device, self.bf16)
         self.tokenizer, self.world_model, self.controller = (self.models[name] for name in
                                                              ("tokenizer", "world_model", "controller"))

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from utils import full_fp32
+
 I3D_SIZE = 224
 
 
@@ -31,14 +33,16 @@ def preprocess(videos: torch.Tensor, size: int = I3D_SIZE) -> torch.Tensor:
 def i3d_features(model: torch.nn.Module, videos: torch.Tensor, batch_size: int = 8, size: int = I3D_SIZE,
                  device=None, on_batch: Callable[[int], None] | None = None) -> np.ndarray:
     """uint8 videos (N, T, H, W, 3), on any device -> I3D logits (N, 400) float64.
-    Clips are moved to the model's device `batch_size` at a time; on_batch(n) after each."""
+    Clips are moved to the model's device `batch_size` at a time; on_batch(n) after each.
+    Computed in full fp32 (no TF32 on a GPU): the port matches the reference to 2e-5 only so."""
     device = device or next(model.parameters()).device
     features = []
-    for start in range(0, len(videos), batch_size):
-        batch = preprocess(videos[start:start + batch_size].to(device), size)
-        features.append(model(batch).double().cpu())
-        if on_batch is not None:
-            on_batch(len(batch))
+    with full_fp32():
+        for start in range(0, len(videos), batch_size):
+            batch = preprocess(videos[start:start + batch_size].to(device), size)
+            features.append(model(batch).double().cpu())
+            if on_batch is not None:
+                on_batch(len(batch))
     return torch.cat(features).numpy()
 
 
