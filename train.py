@@ -65,24 +65,49 @@ class RunDirectories:
 
 
 class PhaseTimer:
-    """Wall time of each phase of the loop (acting, env, world-model update, imagination +
-    agent update), summed until `pop`. GPU work is asynchronous: without `sync` its time is
-    billed to whichever phase next waits for the device (acting, which copies the action to
-    the host); with `sync` every phase waits for the device at its end (benchmarks)."""
+    """Time of each phase of the loop (acting, env, world-model update, imagination + agent
+    update), summed until `pop`, in seconds.
+
+    On CPU, wall time. On CUDA the host runs ahead of the GPU, so a phase's wall time is only its
+    kernel launches, and its GPU work would be billed to whichever phase next waits for the device.
+    Instead each phase records a CUDA event on the stream at its start and at its end and gets the
+    GPU's time between the two: its own kernels, and while nothing is queued, the host's time in
+    it (env steps). The phases then add up to the loop's time, split as the GPU spent it. Reading
+    the events waits for the device once per `pop` (at each log), never inside the loop. `sync`
+    (benchmarks) also makes every phase wait for the device at its end."""
 
     def __init__(self, device: torch.device, sync: bool = False):
-        self.sync = sync and device.type == "cuda"
+        self.cuda = device.type == "cuda"
+        self.sync = sync and self.cuda
         self.seconds: dict[str, float] = {}
+        self.pending: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []   # CUDA: read at pop
+        self.spare_events: list[torch.cuda.Event] = []
+
+    def event(self) -> torch.cuda.Event:
+        event = self.spare_events.pop() if self.spare_events else torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
 
     @contextmanager
     def __call__(self, phase: str):
+        if self.cuda:
+            start = self.event()
+            yield
+            self.pending.append((phase, start, self.event()))
+            if self.sync:
+                torch.cuda.synchronize()
+            return
         start = time.perf_counter()
         yield
-        if self.sync:
-            torch.cuda.synchronize()
         self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
 
     def pop(self) -> dict[str, float]:
+        if self.pending:
+            self.pending[-1][2].synchronize()      # events complete in order: all are done now
+            for phase, start, end in self.pending:
+                self.seconds[phase] = self.seconds.get(phase, 0.0) + start.elapsed_time(end) / 1e3
+                self.spare_events += [start, end]
+            self.pending = []
         seconds, self.seconds = self.seconds, {}
         return seconds
 

@@ -4,6 +4,7 @@ training forward, losses by hand, parameter counts of the spec, the config, and 
 overfit run on real Atari frames."""
 import functools
 import math
+from unittest import mock
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from config import ConfigError, compose_config
 from sub_models.rem import build_rem_models
 from sub_models.rem.tokenizer import Tokenizer
-from sub_models.rem.world_model import POPWorldModel
+from sub_models.rem.world_model import POPWorldModel, sample_categorical
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -153,6 +154,19 @@ def test_tokenizer_loss_has_no_data_dependent_shapes():
     tok = Tokenizer(config("+preset=rem_cpu").Models.Tokenizer).to("meta")
     total, metrics = tok.loss(torch.empty(3, 64, 64, 3, dtype=torch.uint8, device="meta"))
     assert total.shape == metrics["tokenizer/codebook_perplexity"].shape == ()
+
+
+def test_sampling_draws_multinomials_samples_without_waiting_for_the_device():
+    """The same samples as torch.multinomial from the same RNG state, without calling it: its
+    input checks read two values back from the GPU at every call (each imagined step samples
+    three times)."""
+    logits = torch.randn(200, 3, 6)
+    torch.manual_seed(3)
+    with mock.patch("torch.multinomial", side_effect=AssertionError("waits for the GPU")):
+        drawn = sample_categorical(logits, temperature=0.7)
+    torch.manual_seed(3)
+    expected = torch.multinomial(F.softmax(logits / 0.7, -1).reshape(-1, 6), 1).reshape(200, 3)
+    assert torch.equal(drawn, expected)
 
 
 # --------------------------------------------------------------------------- POP training forward

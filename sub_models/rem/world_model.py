@@ -209,9 +209,11 @@ class POPWorldModel(nn.Module):
 
 
 def sample_categorical(logits: Tensor, temperature: float = 1.0) -> Tensor:
-    """One sample per row of logits (..., N) at the given temperature."""
+    """One sample per row of logits (..., N) at the given temperature: argmax of p / q with
+    q ~ Exp(1), torch.multinomial's own draw for one sample (the same samples from the same RNG
+    state) without its input checks, which wait for the GPU (two syncs per call)."""
     probs = F.softmax(logits.float() / temperature, dim=-1)
-    return torch.multinomial(probs.reshape(-1, probs.shape[-1]), 1).reshape(probs.shape[:-1])
+    return (probs / torch.empty_like(probs).exponential_()).argmax(-1)
 
 
 @dataclass
