@@ -176,7 +176,8 @@ class Tokenizer(nn.Module):
         # How often each code is used, by a scatter-add: torch.bincount sizes its output by the
         # largest token, which on a GPU waits for the device at every update.
         flat = tokens.flatten()
-        usage = torch.zeros(self.vocab_size, device=flat.device).index_add_(0, flat, torch.ones_like(flat, dtype=torch.float))
+        ones = torch.ones_like(flat, dtype=torch.float)
+        usage = torch.zeros(self.vocab_size, device=flat.device).index_add_(0, flat, ones)
         probs = usage / usage.sum()
         perplexity = torch.exp(-(probs * torch.log(probs.clamp_min(1e-12))).sum())
         metrics = {"tokenizer/total_loss": total.detach(), "tokenizer/commitment_loss": commit_loss.detach(),

@@ -37,6 +37,7 @@ import torch  # noqa: E402
 from config import compose_config  # noqa: E402
 from sub_models.functions_losses import categorical_kl  # noqa: E402
 from sub_models.world_models import WorldModel  # noqa: E402
+from utils import native_bf16  # noqa: E402
 
 VARIANTS = (  # (label, config, overrides)
     ("STORM", "STORM", ()),
@@ -118,8 +119,7 @@ def build(config_name, overrides, args, seed):
     cfg = compose_config(config_name, base)
     torch.manual_seed(seed)
     device = torch.device(args.device)
-    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return cfg, WorldModel(cfg.Models, NUM_ACTIONS, discrete_actions=True, use_bf16=use_bf16).to(device)
+    return cfg, WorldModel(cfg.Models, NUM_ACTIONS, discrete_actions=True, use_bf16=native_bf16(device)).to(device)
 
 
 def train(wm, data, batch_starts, args, seed):
