@@ -1,5 +1,5 @@
-"""Helpers shared by train.py, eval.py and the replay buffer: device and precision, seeding
-and RNG state, atomic checkpoint files, action-space sizes."""
+"""Helpers shared by train.py, eval.py and the replay buffer: device and precision, host-to-GPU
+copies, seeding and RNG state, atomic checkpoint files, action-space sizes."""
 import os
 import random
 import sys
