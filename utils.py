@@ -70,7 +70,7 @@ def use_deterministic(deterministic: bool, device: torch.device) -> None:
         return
     if device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True)
+    torch.use_deterministic_algorithms(True, warn_only=True)   # an op without a deterministic kernel warns, naming itself
     torch.backends.cudnn.benchmark = False
 
 
