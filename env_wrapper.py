@@ -276,7 +276,9 @@ class DMCEnv(gymnasium.Env):
     def _load(self, seed):
         # The task draws every episode's initial state from this generator, so
         # seeding it once gives a reproducible run of distinct episodes.
-        return _dm_control_suite().load(self.domain, self.task, task_kwargs={"random": seed})
+        env = _dm_control_suite().load(self.domain, self.task, task_kwargs={"random": seed})
+        self._loaded_model = {name: array.copy() for name, array in _model_arrays(env.physics)}   # for get_state
+        return env
 
     def _render(self):
         return self._env.physics.render(
@@ -316,6 +318,42 @@ class DMCEnv(gymnasium.Env):
 
     def close(self):
         self._env.close()
+
+    def get_state(self) -> dict:
+        """MuJoCo's integration state (time, qpos, qvel, act, warm start, controls, applied
+        forces, mocap), the model arrays the task changed since loading (e.g. reacher's target),
+        the task's generator and dm_control's step counter."""
+        import mujoco
+
+        physics = self._env.physics
+        kind = mujoco.mjtState.mjSTATE_INTEGRATION
+        integration = np.empty(mujoco.mj_stateSize(physics.model.ptr, kind))
+        mujoco.mj_getState(physics.model.ptr, physics.data.ptr, integration, kind)
+        changed = {name: array.copy() for name, array in _model_arrays(physics)
+                   if not np.array_equal(array, self._loaded_model[name])}
+        return {"integration": integration, "model": changed, "random": self._env.task.random.get_state(),
+                "steps": (self._env._step_count, self._env._reset_next_step), "needs_reset": self._needs_reset}
+
+    def set_state(self, state: dict) -> None:
+        import mujoco
+
+        physics = self._env.physics
+        for name, array in state["model"].items():
+            getattr(physics.model.ptr, name)[...] = array
+        mujoco.mj_setState(physics.model.ptr, physics.data.ptr, state["integration"], mujoco.mjtState.mjSTATE_INTEGRATION)
+        physics.forward()   # positions and everything derived from the state, as after a step
+        self._env.task.random.set_state(state["random"])
+        (self._env._step_count, self._env._reset_next_step), self._needs_reset = state["steps"], state["needs_reset"]
+
+
+def _model_arrays(physics):
+    """(name, array) of every array field of a dm_control physics' MuJoCo model."""
+    model = physics.model.ptr
+    for name in dir(model):
+        if not name.startswith("_"):
+            value = getattr(model, name)
+            if isinstance(value, np.ndarray):
+                yield name, value
 
 
 def _make_atari(env_name, seed, training, image_size, repeat_action_probability, protocol):

@@ -124,6 +124,19 @@ def test_too_little_free_space_is_said_before_the_run_starts(tmp_path, monkeypat
     assert "(two buffer files of 123.0 MB during a save)" in warning and "\n" not in warning
 
 
+def test_deterministic_setting_turns_on_deterministic_kernels(tmp_path):
+    from config import compose_config
+    from train import Trainer
+
+    overrides = TINY + SHORT + [f"BasicSettings.RunsDir={tmp_path}/runs", "BasicSettings.Deterministic=true"]
+    assert not torch.are_deterministic_algorithms_enabled()
+    try:
+        Trainer(compose_config("STORM", overrides)).envs.close()
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """A finished 20-step run's folders (checkpoints at steps 10 and 20)."""
