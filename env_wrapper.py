@@ -63,8 +63,9 @@ Saved state: `vector_env_state` captures where a training vector env stands (eac
 own state, its generators, the episode statistics so far) so that a checkpoint resumes the
 episodes in progress bit for bit, and `set_vector_env_state` puts it back into envs built
 with the same settings and reset once. Atari saves ALE's emulator state with its RNG (the
-sticky actions) and the no-op generator; "gym/" envs save their attributes where they
-pickle; DMC cannot be saved yet (None: the caller falls back to a reseeded reset).
+sticky actions), the action a sticky frame repeats and the no-op generator; DMC, MuJoCo's
+integration state, the model arrays the task changed and the task's generator; "gym/" envs,
+their attributes where they pickle (else None: the caller falls back to a reseeded reset).
 
 info keys of a single env
     "life_loss"  bool, on every step and reset (always False for DMC and evaluation).
