@@ -542,7 +542,7 @@ def main(raw_cfg: DictConfig) -> None:
         except SaveError as error:
             print(f"error: {error}", file=sys.stderr)
             sys.exit(1)
-        if stop():
+        if stop() and trainer.finished_message() is None:   # a signal after the last step: the run is done
             print(f"Stopped run {cfg.BasicSettings.n} at step {trainer.step} ({signal.Signals(stop.received).name}) "
                   f"with a checkpoint in {trainer.dirs.checkpoints}; the same command continues it", flush=True)
             stop.hand_over()

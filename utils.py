@@ -81,6 +81,7 @@ def atomic_torch_save(obj, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
+        os.fchmod(fd, new_file_mode())   # mkstemp's 0600 would hide the run from a shared project folder
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
@@ -95,6 +96,13 @@ def atomic_torch_save(obj, path: Path) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def new_file_mode() -> int:
+    """The permissions open() gives a new file under this process' umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def load_checkpoint_file(path: Path) -> dict:

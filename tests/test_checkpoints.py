@@ -82,6 +82,9 @@ def test_a_failed_save_at_each_write_keeps_the_previous_checkpoint_and_says_what
     assert "are free" in message and message.endswith("re-run the same command to resume")
     kept = folder_contents(folder)
     assert tuple(kept) == STEP_10
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {(folder / name).stat().st_mode & 0o777 for name in kept} == {0o666 & ~umask}   # open()'s, not mkstemp's 0600
 
     cfg = compose_config("STORM", TINY + SHORT + [f"BasicSettings.RunsDir={tmp_path}/runs",
                                                   f"BasicSettings.CheckpointDir={tmp_path}/saved_models"])
