@@ -35,6 +35,16 @@ class EnvActor:
         self.latent_history.clear()
         self.action_history.clear()
 
+    def state_dict(self) -> dict:
+        """The history, for a checkpoint that resumes the episodes in progress."""
+        return {"latents": list(self.latent_history), "actions": list(self.action_history)}
+
+    def load_state_dict(self, state: dict) -> None:
+        device = self.world_model.device
+        self.reset()
+        self.latent_history.extend(latent.to(device) for latent in state["latents"])
+        self.action_history.extend(action.to(device) for action in state["actions"])
+
     def random_actions(self) -> np.ndarray:
         return np.stack([self.action_space.sample() for _ in range(self.num_envs)])
 
@@ -70,6 +80,13 @@ class ControllerActor:
         self.tokenizer, self.controller = tokenizer, controller
         self.temperature, self.epsilon = temperature, epsilon
         self.state = controller.initial_state(num_envs)
+
+    def state_dict(self) -> dict:
+        """The LSTM state, for a checkpoint that resumes the episodes in progress."""
+        return {"lstm": self.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state = tuple(part.to(self.tokenizer.device) for part in state["lstm"])
 
     @torch.no_grad()
     def burn_in(self, obs: torch.Tensor, actions: torch.Tensor, mask: torch.Tensor) -> None:

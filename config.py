@@ -35,6 +35,7 @@ class BasicSettingsSchema:
     Device: str = MISSING
     MixedPrecision: str = MISSING
     Compile: Optional[bool] = None
+    Deterministic: bool = MISSING
     Resume: str = MISSING
     RunsDir: str = MISSING
     CheckpointDir: str = MISSING

@@ -59,6 +59,14 @@ Seeding: an env built with seed s uses it at its first reset only, so later
 episodes differ from each other while the same seed repeats the same run; env i
 of a vector env gets seed + i. A reset(seed=...) given explicitly reseeds.
 
+Saved state: `vector_env_state` captures where a training vector env stands (each game's
+own state, its generators, the episode statistics so far) so that a checkpoint resumes the
+episodes in progress bit for bit, and `set_vector_env_state` puts it back into envs built
+with the same settings and reset once. Atari saves ALE's emulator state with its RNG (the
+sticky actions), the action a sticky frame repeats and the no-op generator; DMC, MuJoCo's
+integration state, the model arrays the task changed and the task's generator; "gym/" envs,
+their attributes where they pickle (else None: the caller falls back to a reseeded reset).
+
 info keys of a single env
     "life_loss"  bool, on every step and reset (always False for DMC and evaluation).
     "episode"    on the step an episode ends only: {"r": return, "l": length in
@@ -82,6 +90,7 @@ is already the first observation of its next episode and
 import difflib
 import functools
 import os
+import pickle
 
 import ale_py
 import cv2
@@ -116,6 +125,7 @@ IRIS_TRAINING_FRAME_CAP = 20_000  # REM's TimeLimit(20000) on the per-frame trai
 IRIS_TRAINING_MAX_NOOPS = 30      # REM's noop_max: 1 to 30 no-ops after each training reset
 IRIS_EVALUATION_MAX_NOOPS = 1     # REM's test env: integers(1, 2), i.e. exactly 1 no-op
 NOOP_ACTION = 0                   # the first action of every minimal action set is NOOP
+STICKY_MEMORY_FILL_FRAMES = 25    # 0.25 ** 25 < 1e-15: the chance ALE still holds another action
 
 
 def is_dmc(env_name: str) -> bool:
@@ -162,6 +172,7 @@ class AtariPreprocessing(gymnasium.Wrapper):
         self._lives = 0
         self._previous_frame = None
         self._frame = None
+        self._last_action = None
 
     def _observation(self):
         # The max over two consecutive frames removes the flicker of Atari sprites
@@ -192,11 +203,13 @@ class AtariPreprocessing(gymnasium.Wrapper):
         if self._max_noops:
             frame, info = self._noop_start(frame, info, options)
         self._previous_frame = self._frame = frame
+        self._last_action = NOOP_ACTION   # ALE's reset forgets the last action
         self._lives = info["lives"]
         info["life_loss"] = False
         return self._observation(), info
 
     def step(self, action):
+        self._last_action = action
         total_reward = 0.0
         for _ in range(ATARI_ACTION_REPEAT):
             frame, reward, terminated, truncated, info = self.env.step(action)
@@ -208,6 +221,27 @@ class AtariPreprocessing(gymnasium.Wrapper):
         info["life_loss"] = bool(self.training and lives < self._lives)
         self._lives = lives
         return self._observation(), total_reward, terminated, truncated, info
+
+    def get_state(self) -> dict:
+        """ALE's emulator state with its RNG (sticky actions), the no-op generator, the last
+        two frames, the lives, and the last action (see set_state)."""
+        frames = tuple(None if frame is None else frame.copy() for frame in (self._previous_frame, self._frame))
+        return {"ale": self.env.unwrapped.ale.cloneState(include_rng=True), "last_action": self._last_action,
+                "np_random": self.env.unwrapped.np_random.bit_generator.state, "frames": frames, "lives": self._lives}
+
+    def set_state(self, state: dict) -> None:
+        ale = self.env.unwrapped.ale
+        if state["last_action"] is not None and ale.getFloat("repeat_action_probability") > 0:
+            # ALE's state leaves out the action a sticky frame repeats (the last one executed):
+            # act the last action given until ALE has surely taken it (each frame takes it with
+            # probability 1 - p), then restore the emulator and RNG over those frames. Exact
+            # unless all 4 frames of the step before the save repeated an older action (p ** 4).
+            for _ in range(STICKY_MEMORY_FILL_FRAMES):
+                self.env.unwrapped.step(state["last_action"])
+        ale.restoreState(state["ale"])
+        self.env.unwrapped.np_random.bit_generator.state = state["np_random"]
+        (self._previous_frame, self._frame), self._lives = state["frames"], state["lives"]
+        self._last_action = state["last_action"]
 
 
 def _dm_control_suite():
@@ -243,7 +277,9 @@ class DMCEnv(gymnasium.Env):
     def _load(self, seed):
         # The task draws every episode's initial state from this generator, so
         # seeding it once gives a reproducible run of distinct episodes.
-        return _dm_control_suite().load(self.domain, self.task, task_kwargs={"random": seed})
+        env = _dm_control_suite().load(self.domain, self.task, task_kwargs={"random": seed})
+        self._loaded_model = {name: array.copy() for name, array in _model_arrays(env.physics)}   # for get_state
+        return env
 
     def _render(self):
         return self._env.physics.render(
@@ -283,6 +319,42 @@ class DMCEnv(gymnasium.Env):
 
     def close(self):
         self._env.close()
+
+    def get_state(self) -> dict:
+        """MuJoCo's integration state (time, qpos, qvel, act, warm start, controls, applied
+        forces, mocap), the model arrays the task changed since loading (e.g. reacher's target),
+        the task's generator and dm_control's step counter."""
+        import mujoco
+
+        physics = self._env.physics
+        kind = mujoco.mjtState.mjSTATE_INTEGRATION
+        integration = np.empty(mujoco.mj_stateSize(physics.model.ptr, kind))
+        mujoco.mj_getState(physics.model.ptr, physics.data.ptr, integration, kind)
+        changed = {name: array.copy() for name, array in _model_arrays(physics)
+                   if not np.array_equal(array, self._loaded_model[name])}
+        return {"integration": integration, "model": changed, "random": self._env.task.random.get_state(),
+                "steps": (self._env._step_count, self._env._reset_next_step), "needs_reset": self._needs_reset}
+
+    def set_state(self, state: dict) -> None:
+        import mujoco
+
+        physics = self._env.physics
+        for name, array in state["model"].items():
+            getattr(physics.model.ptr, name)[...] = array
+        mujoco.mj_setState(physics.model.ptr, physics.data.ptr, state["integration"], mujoco.mjtState.mjSTATE_INTEGRATION)
+        physics.forward()   # positions and everything derived from the state, as after a step
+        self._env.task.random.set_state(state["random"])
+        (self._env._step_count, self._env._reset_next_step), self._needs_reset = state["steps"], state["needs_reset"]
+
+
+def _model_arrays(physics):
+    """(name, array) of every array field of a dm_control physics' MuJoCo model."""
+    model = physics.model.ptr
+    for name in dir(model):
+        if not name.startswith("_"):
+            value = getattr(model, name)
+            if isinstance(value, np.ndarray):
+                yield name, value
 
 
 def _make_atari(env_name, seed, training, image_size, repeat_action_probability, protocol):
@@ -343,6 +415,19 @@ class GymModuleEnv(gymnasium.Wrapper):
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(action)
         return obs, reward, terminated, truncated, {**info, "life_loss": False}
+
+    def get_state(self) -> bytes | None:
+        """The inner env's attributes (its generator included) pickled, spaces left out (their
+        generators are saved by env_state, in place); None where they do not pickle."""
+        attributes = {key: value for key, value in vars(self.env.unwrapped).items()
+                      if not isinstance(value, gymnasium.Space) and key != "spec"}
+        try:
+            return pickle.dumps(attributes)
+        except (pickle.PicklingError, TypeError, AttributeError):
+            return None
+
+    def set_state(self, state: bytes) -> None:
+        vars(self.env.unwrapped).update(pickle.loads(state))
 
 
 def _make_gym_module_env(env_name, seed, image_size):
@@ -414,6 +499,35 @@ def make_env(
     # Applied on top of the action repeat so the statistics count agent steps and
     # include the final step's reward.
     return gymnasium.wrappers.RecordEpisodeStatistics(env)
+
+
+def env_state(env: gymnasium.Env) -> dict | None:
+    """Where an env built by make_env stands (see "Saved state" above), or None where its family cannot be saved."""
+    game = getattr(env.env, "get_state", lambda: None)()
+    if game is None:
+        return None
+    return {"game": game, "episode": (env.episode_returns, env.episode_lengths, env.episode_count),
+            "action_space": env.action_space.np_random.bit_generator.state}
+
+
+def set_env_state(env: gymnasium.Env, state: dict) -> None:
+    """Put back what env_state saved, into an env built with the same settings and reset once."""
+    env.env.set_state(state["game"])
+    env.episode_returns, env.episode_lengths, env.episode_count = state["episode"]
+    env.action_space.np_random.bit_generator.state = state["action_space"]
+
+
+def vector_env_state(envs: gymnasium.vector.VectorEnv) -> list[dict] | None:
+    """env_state of every env of a make_vector_env env (synchronous only), or None if any cannot be saved."""
+    if not hasattr(envs, "envs"):   # asynchronous: the envs live in other processes
+        return None
+    states = [env_state(env) for env in envs.envs]
+    return None if any(state is None for state in states) else states
+
+
+def set_vector_env_state(envs: gymnasium.vector.VectorEnv, states: list[dict]) -> None:
+    for env, state in zip(envs.envs, states, strict=True):
+        set_env_state(env, state)
 
 
 def make_vector_env(

@@ -225,6 +225,12 @@ class ReplayBuffer:
             getattr(self, field)[:, :n].copy_(state[field])
         self.num_appended = num_appended
 
+    def file_bytes(self, full: bool = False) -> int:
+        """About the size of the file `save` writes: now, or once every slot is filled."""
+        steps = self.track_capacity if full else self.filled
+        per_step = sum(x[0, 0].numel() * x.element_size() for x in (self.obs, self.action, self.reward, self.termination))
+        return self.num_envs * steps * per_step
+
     def save(self, path) -> None:
         """Write the buffer to `path` atomically: a killed process leaves the old file or the new one, never half of one."""
         atomic_torch_save(self.state_dict(), path)

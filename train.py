@@ -9,8 +9,12 @@ collection, then tokenizer, world-model and controller updates; sub_models/rem/t
 
 Outputs: TensorBoard events in runs/<n>/, checkpoints in saved_models/<n>/. Re-running the
 same command resumes from the latest checkpoint (BasicSettings.Resume=fresh starts over).
+SIGTERM, SIGINT, SIGUSR1 or SIGUSR2 stop the run after the step in progress with a checkpoint
+of that step, and the exit status 75 asks for a requeue (preemption.py; README "Resuming").
 """
 import math
+import shutil
+import signal
 import sys
 import time
 from abc import ABC, abstractmethod
@@ -27,17 +31,46 @@ from tqdm import tqdm
 
 from acting import EnvActor
 from config import ConfigError, config_differences, default_run_name, load_config
-from env_wrapper import make_vector_env
+from env_wrapper import make_vector_env, set_vector_env_state, vector_env_state
+from preemption import StopSignals
 from replay_buffer import ReplayBuffer
 from agents import build_models
 from utils import (action_spec, atomic_torch_save, describe_device, describe_precision, load_checkpoint_file,
-                   rng_state, seed_everything, select_device, set_rng_state, use_bf16, use_compile)
+                   rng_state, seed_everything, select_device, set_rng_state, use_bf16, use_compile,
+                   use_deterministic)
 
 CHECKPOINT_GLOB = "checkpoint_*.pt"
+# 2: checkpoints also hold the loop's state (envs, observations, actor memory, figures not yet
+# logged), so that a resumed run is the run it would have been; 1 (no "format" key) lacks it.
+CHECKPOINT_FORMAT = 2
 
 
 class NonFiniteLossError(RuntimeError):
     pass
+
+
+class CheckpointError(RuntimeError):
+    """A run folder's files cannot be resumed from; the message names the file and the fix."""
+
+
+class SaveError(RuntimeError):
+    """A checkpoint could not be written; the previous one and its files are intact."""
+
+
+def never() -> bool:
+    return False
+
+
+def readable_size(size: int) -> str:
+    return f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
+
+
+def free_bytes(folder: Path) -> int:
+    """Free space on the disk that holds `folder` (or its nearest existing parent)."""
+    folder = Path(folder).absolute()
+    while not folder.exists():
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
 
 
 class RunDirectories:
@@ -124,6 +157,7 @@ class RunTrainer(ABC):
         self.dirs = RunDirectories(cfg)
         self.device = select_device(cfg.BasicSettings.Device)
         self.bf16 = use_bf16(cfg.BasicSettings.MixedPrecision, self.device)
+        use_deterministic(cfg.BasicSettings.Deterministic, self.device)
         seed_everything(cfg.BasicSettings.Seed)
         self.keep_checkpoints, self.max_non_finite = keep_checkpoints, max_non_finite
 
@@ -134,9 +168,13 @@ class RunTrainer(ABC):
         self.action_dim, self.discrete = action_spec(self.action_space)
         self.models: dict[str, torch.nn.Module] = {}
         self.buffer: ReplayBuffer | None = None
+        self.actor = None             # the family's acting rule (acting.py), with a memory of its own
         self.step = 0                 # env steps summed over envs
         self.episodes = 0
         self.last_return = float("nan")
+        self.obs: np.ndarray | None = None                 # (N, H, W, 3): what the actor acts on next
+        self.saved_envs: tuple[list, np.ndarray] | None = None   # restored env states and obs, for start_envs
+        self.pending: dict[str, list[torch.Tensor]] = {}   # figures since the last log (RunTrainer.flush)
         # Non-finite updates are counted on the device and looked at when logging, so no
         # update waits for the device to say whether it was finite.
         self.non_finite_in_a_row = torch.zeros((), dtype=torch.long, device=self.device)
@@ -152,60 +190,149 @@ class RunTrainer(ABC):
         """Why there is nothing left to train, or None."""
 
     @abstractmethod
-    def run(self) -> None:
-        """Train until the run's budget is spent, saving checkpoints on the way."""
+    def run(self, *, should_stop: Callable[[], bool] = never) -> None:
+        """Train until the run's budget is spent, saving checkpoints on the way, or until
+        `should_stop()` says so after a step: then save a checkpoint of that step and return."""
 
     # ------------------------------------------------------------------ checkpoints
     def progress(self) -> dict:
-        """Where the loop stands, beyond models and buffer (a family adds its own counters)."""
-        return {"step": self.step, "episodes": self.episodes, "last_return": self.last_return}
+        """Where the loop stands beyond models and buffer: the counters, the envs' state with the
+        observations to act on next (None where the envs cannot be saved), the actor's memory and
+        the figures not yet logged; a family adds its own counters."""
+        return {"step": self.step, "episodes": self.episodes, "last_return": self.last_return,
+                "envs": vector_env_state(self.envs), "obs": self.obs, "actor": self.actor.state_dict(),
+                "pending": {key: [value.detach().cpu() for value in values] for key, values in self.pending.items()},
+                "non_finite": (self.non_finite_in_a_row.cpu(), self.longest_non_finite_run.cpu())}
 
     def load_progress(self, state: dict) -> None:
         self.step, self.episodes, self.last_return = state["step"], state["episodes"], state["last_return"]
+        if state.get("format", 1) < 2:
+            return   # the envs start new episodes (start_envs) with a fresh actor
+        self.pending = {key: [value.to(self.device) for value in values] for key, values in state["pending"].items()}
+        self.non_finite_in_a_row.copy_(state["non_finite"][0])
+        self.longest_non_finite_run.copy_(state["non_finite"][1])
+        if state["envs"] is not None:   # else as before format 2
+            self.saved_envs = state["envs"], state["obs"]
+            self.actor.load_state_dict(state["actor"])
+
+    def start_envs(self) -> bool:
+        """Set self.obs to what the actor acts on first. True: the envs continue the episodes of
+        the checkpoint. False: they start new ones, at a fresh start or where the envs could not
+        be saved, reseeded with Seed + step so a resumed run's episodes are not replays of the first."""
+        self.obs, _ = self.envs.reset(seed=self.cfg.BasicSettings.Seed + self.step)
+        if self.saved_envs is None:
+            return False
+        states, self.obs = self.saved_envs
+        set_vector_env_state(self.envs, states)
+        self.saved_envs = None
+        return True
 
     def state(self) -> dict:
         models = {}
         for name, module in self.models.items():
             models[name] = module.state_dict()
             models[f"{name}_optimizer"] = module.optimizer.state_dict()
-        return {**self.progress(), **models, "rng": rng_state(),
+        return {"format": CHECKPOINT_FORMAT, **self.progress(), **models, "rng": rng_state(self.device),
                 "config": OmegaConf.to_container(self.cfg, resolve=True)}
 
     def save(self) -> None:
-        """Buffer first, then the checkpoint that names it: a kill between the two leaves the
-        previous checkpoint and its own buffer file intact."""
+        """Buffer first, then the weights, then the checkpoint that names them, each written to a
+        temporary file and renamed: a kill or a failed write at any point leaves the previous
+        checkpoint and its own buffer file intact. A failed write removes what this save wrote
+        and stops the run (SaveError)."""
         folder, step = self.dirs.checkpoints, self.step
-        self.buffer.save(folder / f"replay_buffer_{step}.pt")
         weights = {"step": step, **{name: module.state_dict() for name, module in self.models.items()},
                    "config": OmegaConf.to_container(self.cfg, resolve=True),
                    "action_dim": self.action_dim, "discrete": self.discrete}
-        atomic_torch_save(weights, folder / f"weights_{step}.pt")
-        atomic_torch_save(self.state() | {"replay_buffer": f"replay_buffer_{step}.pt"}, folder / f"checkpoint_{step}.pt")
-        for old in self.dirs.checkpoints_by_step()[:-self.keep_checkpoints]:
-            old.unlink()
+        writes = [(self.buffer.save, f"replay_buffer_{step}.pt"),
+                  (lambda path: atomic_torch_save(weights, path), f"weights_{step}.pt"),
+                  (lambda path: atomic_torch_save(self.state() | {"replay_buffer": f"replay_buffer_{step}.pt"}, path),
+                   f"checkpoint_{step}.pt")]
+        new = [folder / name for _, name in writes if not (folder / name).exists()]
+        try:
+            for write, name in writes:
+                write(folder / name)
+        except OSError as error:
+            for path in new:
+                path.unlink(missing_ok=True)
+            raise SaveError(self.save_failed_message(error)) from None
+        superseded = self.dirs.checkpoints_by_step()[:-self.keep_checkpoints]
         # Only the newest checkpoint keeps its buffer (a full one is ~1.2 GB); resuming always
         # starts from the newest, and weights_<step>.pt of every save stay for eval.py.
-        for buffer_file in folder.glob("replay_buffer_*.pt"):
-            if buffer_file.name != f"replay_buffer_{step}.pt":
-                buffer_file.unlink()
+        superseded += [path for path in folder.glob("replay_buffer_*.pt") if path.name != f"replay_buffer_{step}.pt"]
+        for old in superseded:
+            try:
+                old.unlink()
+            except OSError as error:   # the new checkpoint is complete: an old file left over costs only space
+                tqdm.write(f"warning: could not remove {old}: {error.strerror or error}")
+
+    def save_failed_message(self, error: OSError) -> str:
+        folder, latest = self.dirs.checkpoints, self.dirs.latest_checkpoint()
+        kept = (f"{latest.name}, its buffer and weights files are intact" if latest is not None
+                else "no earlier checkpoint exists")
+        return (f"could not save step {self.step} in {folder}: {error.strerror or error}"
+                f"{f' ({error.filename})' if error.filename else ''}; {kept}. A save needs about "
+                f"{readable_size(self.checkpoint_bytes())} free there, {readable_size(free_bytes(folder))} are free: "
+                f"free space (or move the folder and BasicSettings.CheckpointDir), then re-run the same command to resume")
+
+    def checkpoint_bytes(self, full_buffer: bool = False) -> int:
+        """About what one save writes: the buffer file (now, or at capacity), the weights file
+        and the checkpoint (the weights again and AdamW's two moments)."""
+        parameters = sum(p.numel() * p.element_size() for module in self.models.values() for p in module.parameters())
+        return self.buffer.file_bytes(full_buffer) + 4 * parameters
+
+    def free_space_warning(self) -> str | None:
+        """Before the run: a save writes the new buffer file before it removes the old one, so the
+        disk must hold two full buffers and the checkpoints besides."""
+        need, free = 2 * self.checkpoint_bytes(full_buffer=True), free_bytes(self.dirs.checkpoints)
+        if free >= need:
+            return None
+        return (f"warning: {self.dirs.checkpoints} has {readable_size(free)} free, but saving this run needs about "
+                f"{readable_size(need)} once the replay buffer is full (two buffer files of "
+                f"{readable_size(self.buffer.file_bytes(True))} during a save): the run will stop at the first save that "
+                "does not fit (the previous checkpoint stays intact); free space or set BasicSettings.CheckpointDir")
 
     def restore(self, path: Path) -> None:
-        state = load_checkpoint_file(path)
+        """Load a checkpoint and its buffer file; what cannot be resumed raises CheckpointError
+        (one line naming the file and the fix)."""
+        fresh = "start over with BasicSettings.Resume=fresh (old outputs are moved aside, weights_<step>.pt kept)"
+        try:
+            state = load_checkpoint_file(path)
+        except RuntimeError as error:
+            raise CheckpointError(f"{str(error).splitlines()[0]}; {fresh}") from None
+        written_by = state.get("format", 1)
+        if written_by > CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{path} was written by a newer version of this code (checkpoint format {written_by}, "
+                                  f"this code reads up to {CHECKPOINT_FORMAT}): update the code, or use another "
+                                  "BasicSettings.n")
+        model = state["config"]["BasicSettings"]["model"]
+        if model != self.cfg.BasicSettings.model:
+            raise CheckpointError(f"{path} is a {model} run, this is a {self.cfg.BasicSettings.model} run: resume it with "
+                                  f"its own config (--config-name {model}), or use another BasicSettings.n")
         differences = config_differences(state["config"], self.cfg)
         if differences:
-            raise ValueError(f"{path} was written with a different configuration:\n  " + "\n  ".join(differences)
-                             + "\nUse the original settings, another BasicSettings.n, or BasicSettings.Resume=fresh.")
+            raise CheckpointError(f"{path} was written with a different configuration:\n  " + "\n  ".join(differences)
+                                  + "\nUse the original settings, another BasicSettings.n, or BasicSettings.Resume=fresh.")
         for name, module in self.models.items():
-            module.load_state_dict(state[name])
-            module.optimizer.load_state_dict(state[f"{name}_optimizer"])
-        self.buffer.load(path.parent / state["replay_buffer"])
+            try:
+                module.load_state_dict(state[name])
+                module.optimizer.load_state_dict(state[f"{name}_optimizer"])
+            except (KeyError, RuntimeError, ValueError) as error:
+                raise CheckpointError(f"{path}: its {name} does not fit this run's model "
+                                      f"({str(error).splitlines()[0]}); use another BasicSettings.n, or {fresh}") from None
+        buffer_file = path.parent / state["replay_buffer"]
+        try:
+            self.buffer.load(buffer_file)
+        except (OSError, RuntimeError, ValueError) as error:
+            raise CheckpointError(f"{str(error).splitlines()[0]}; {path.name} needs it: put the file back, or "
+                                  f"{fresh}") from None
         # Compare every step ever appended, not len(): the buffer stops growing at capacity.
         appended = self.buffer.num_appended * self.num_envs
         if appended != state["step"]:
-            raise RuntimeError(f"{path}: replay buffer has seen {appended} steps but the checkpoint is at "
-                               f"step {state['step']}; the run folder is inconsistent")
+            raise CheckpointError(f"{buffer_file} has seen {appended} steps but {path.name} is at step {state['step']}: "
+                                  f"the run folder is inconsistent; {fresh}")
         self.load_progress(state)
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng"], self.device)
 
     # ------------------------------------------------------------------ logging
     def progress_bar(self, total: int, initial: int, unit: str) -> tqdm:
@@ -279,6 +406,17 @@ class Trainer(RunTrainer):
         self.buffer = ReplayBuffer(image, () if self.discrete else (self.action_dim,),
                                    torch.long if self.discrete else torch.float32, self.num_envs,
                                    train.BufferMaxLength, train.BufferWarmUp, self.device, on_device)
+        self.actor = EnvActor(self.world_model, self.agent, self.action_space, self.num_envs, train.RealityContextLength)
+        self.updates = 0              # env steps with the buffer ready (the Train*EverySteps count these)
+        self.last_log_step = 0
+
+    def progress(self) -> dict:
+        return {**super().progress(), "updates": self.updates, "last_log_step": self.last_log_step}
+
+    def load_progress(self, state: dict) -> None:
+        super().load_progress(state)
+        # before format 2: counted from the resume, as then
+        self.updates, self.last_log_step = state.get("updates", 0), state.get("last_log_step", state["step"])
 
     def start_message(self) -> str:
         return f"{super().start_message()}, prior {self.cfg.Models.WorldModel.Prior}"
@@ -290,42 +428,41 @@ class Trainer(RunTrainer):
         return f"already reached {self.step} steps (JointTrainAgent.SampleMaxSteps={limit})"
 
     # ------------------------------------------------------------------ main loop
-    def run(self, after_step: Callable[[], None] | None = None) -> None:
-        """Train until JointTrainAgent.SampleMaxSteps; `after_step` is called after every env
-        step and its updates (tools/benchmarks/throughput.py times the loop through it)."""
+    def run(self, after_step: Callable[[], None] | None = None, *, should_stop: Callable[[], bool] = never) -> None:
+        """Train until JointTrainAgent.SampleMaxSteps, or until `should_stop()` says so after a
+        step (then with a checkpoint of that step); `after_step` is called after every env step
+        and its updates (tools/benchmarks/throughput.py times the loop through it)."""
         cfg, train = self.cfg, self.cfg.JointTrainAgent
-        envs = self.envs
-        writer = SummaryWriter(str(self.dirs.logs), purge_step=self.step if self.step else None)
-        actor = EnvActor(self.world_model, self.agent, self.action_space, self.num_envs, train.RealityContextLength)
-        # A resumed run reseeds with Seed + step so its episodes are not replays of the first ones.
-        obs, _ = envs.reset(seed=cfg.BasicSettings.Seed + self.step)
-        pending: dict[str, list[torch.Tensor]] = {}
-        last_log_time, last_log_step = time.time(), self.step
+        envs, actor, pending = self.envs, self.actor, self.pending
+        # events after the checkpoint's step were not kept by it: a resumed run writes them again
+        writer = SummaryWriter(str(self.dirs.logs), purge_step=self.step + 1 if self.step else None)
+        self.start_envs()
+        last_log_time = time.time()
         bar = self.progress_bar(train.SampleMaxSteps, self.step, "step")
         next_save = (self.step // train.SaveEverySteps + 1) * train.SaveEverySteps
         next_video = (self.step // train.VideoEverySteps + 1) * train.VideoEverySteps if train.VideoEverySteps else math.inf
-        updates, saved_at = 0, None
+        saved_at = None
         timer = self.timer
         try:
             while self.step < train.SampleMaxSteps:
                 with timer("acting"):
-                    env_action = actor.act(obs, random=not self.buffer.ready())
+                    env_action = actor.act(self.obs, random=not self.buffer.ready())
                 with timer("env"):
                     next_obs, reward, terminated, truncated, info = envs.step(env_action)
                     termination = np.logical_or(terminated, info["life_loss"])
-                    self.buffer.append(obs, env_action, reward.astype(np.float32), termination)
-                obs = next_obs
+                    self.buffer.append(self.obs, env_action, reward.astype(np.float32), termination)
+                self.obs = next_obs
                 self.step += self.num_envs
                 bar.update(self.num_envs)
                 self.record_episodes(info, writer)
 
                 if self.buffer.ready():
-                    updates += 1
-                    if updates % train.TrainDynamicsEverySteps == 0:
+                    self.updates += 1
+                    if self.updates % train.TrainDynamicsEverySteps == 0:
                         with timer("world_model_update"):
                             batch = self.buffer.sample(train.BatchSize, train.BatchLength)
                             self.track(*self.world_model.update(*batch), pending)
-                    if updates % train.TrainAgentEverySteps == 0:
+                    if self.updates % train.TrainAgentEverySteps == 0:
                         with timer("imagination_and_agent_update"):
                             context_obs, context_actions, _, _ = self.buffer.sample(train.ImagineBatchSize,
                                                                                     train.ImagineContextLength)
@@ -335,14 +472,14 @@ class Trainer(RunTrainer):
                 if after_step is not None:
                     after_step()
 
-                if self.step - last_log_step >= train.LogEverySteps:
+                if self.step - self.last_log_step >= train.LogEverySteps:
                     now = time.time()
-                    steps = self.step - last_log_step
+                    steps = self.step - self.last_log_step
                     pending["time/env_steps_per_second"] = [torch.tensor(steps / (now - last_log_time))]
                     for phase, seconds in timer.pop().items():
                         pending[f"time/{phase}_ms_per_env_step"] = [torch.tensor(1e3 * seconds / steps)]
                     self.flush(pending, writer)
-                    last_log_time, last_log_step = now, self.step
+                    last_log_time, self.last_log_step = now, self.step
                     bar.set_postfix(episode_return=f"{self.last_return:.1f}", episodes=self.episodes)
                 if self.step >= next_video and self.buffer.ready():
                     self.log_video(writer)
@@ -350,6 +487,8 @@ class Trainer(RunTrainer):
                 if self.step >= next_save:
                     self.save()
                     saved_at, next_save = self.step, next_save + train.SaveEverySteps
+                if should_stop():
+                    break
             if saved_at != self.step:
                 self.save()
         finally:
@@ -406,7 +545,12 @@ def main(raw_cfg: DictConfig) -> None:
     if latest is not None and cfg.BasicSettings.Resume == "fresh":
         trainer.dirs.move_aside()
     elif latest is not None:
-        trainer.restore(latest)
+        try:
+            trainer.restore(latest)
+        except CheckpointError as error:
+            trainer.envs.close()
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(1)
         print(f"Resuming run {cfg.BasicSettings.n} from step {trainer.step} ({latest}): {trainer.start_message()}; "
               "pass BasicSettings.Resume=fresh to start over", flush=True)
     else:
@@ -417,7 +561,19 @@ def main(raw_cfg: DictConfig) -> None:
         trainer.envs.close()
         print(f"Run {cfg.BasicSettings.n} {finished}; nothing to do.")
         return
-    trainer.run()
+    warning = trainer.free_space_warning()
+    if warning is not None:
+        print(warning, file=sys.stderr, flush=True)
+    with StopSignals() as stop:
+        try:
+            trainer.run(should_stop=stop)
+        except SaveError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(1)
+        if stop() and trainer.finished_message() is None:   # a signal after the last step: the run is done
+            print(f"Stopped run {cfg.BasicSettings.n} at step {trainer.step} ({signal.Signals(stop.received).name}) "
+                  f"with a checkpoint in {trainer.dirs.checkpoints}; the same command continues it", flush=True)
+            stop.hand_over()
 
 
 if __name__ == "__main__":

@@ -103,19 +103,39 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state() -> dict:
+def rng_state(device: torch.device) -> dict:
+    """The generators a run draws from: Python's, numpy's, torch's CPU one and, on a CUDA
+    device, that device's only (a run saved with 8 GPUs visible resumes with 1)."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is None or device.type != "cuda":
+        return
+    if isinstance(cuda, (list, tuple)):
+        # written before the fix: one state per GPU then visible; the run drew from its own
+        # device's (the first, unless the run named another), which a requeue may have fewer of
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        cuda = cuda[index] if index < len(cuda) else cuda[0]
+    torch.cuda.set_rng_state(cuda, device)
+
+
+def use_deterministic(deterministic: bool, device: torch.device) -> None:
+    """BasicSettings.Deterministic: torch's deterministic kernels, and on CUDA the cuBLAS
+    workspace setting they need (it must be in the environment before cuBLAS starts)."""
+    if not deterministic:
+        return
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)   # an op without a deterministic kernel warns, naming itself
+    torch.backends.cudnn.benchmark = False
 
 
 def atomic_torch_save(obj, path: Path) -> None:
@@ -125,6 +145,7 @@ def atomic_torch_save(obj, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
+        os.fchmod(fd, new_file_mode())   # mkstemp's 0600 would hide the run from a shared project folder
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
@@ -139,6 +160,13 @@ def atomic_torch_save(obj, path: Path) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
+
+
+def new_file_mode() -> int:
+    """The permissions open() gives a new file under this process' umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def load_checkpoint_file(path: Path) -> dict:

@@ -119,3 +119,10 @@ def test_unknown_task_raises_with_suggestions():
     # The paper's "Cup Catch" is dm_control's ball_in_cup domain.
     with pytest.raises(ValueError, match="dmc/ball_in_cup_catch"):
         make_env("dmc/cup_catch", seed=0, training=True)
+
+
+def test_a_saved_training_env_state_continues_bit_for_bit():
+    """reacher_easy moves its target in the model at every episode start: the state carries the
+    model arrays the task changed as well as MuJoCo's integration state."""
+    from tests.test_env_wrapper import assert_saved_state_continues
+    assert_saved_state_continues("dmc/reacher_easy", 1)

@@ -9,7 +9,10 @@ import sys
 
 import torch
 
-from tests.test_train import kill_after_checkpoint, run, steps_of
+import signal
+
+from preemption import REQUEUE_EXIT_STATUS
+from tests.test_train import assert_same_run, run, steps_of, stop_after_checkpoint
 
 PIXEL_SIDE = "gym/tests.pixel_games:PixelSide-v0"
 STEPS_PER_EPOCH = 16
@@ -89,7 +92,7 @@ def test_rem_resume_after_kill_loses_and_duplicates_nothing(tmp_path):
     overrides = ["REMTrain.Epochs=6", "REMTrain.EvalEveryEpochs=0", "BasicSettings.n=resume"]
     command = train_command(tmp_path, *overrides)
     folder = tmp_path / "saved_models" / "resume"
-    killed_at, saved, saved_buffer = kill_after_checkpoint(command, folder, 48, 96)
+    killed_at, saved, saved_buffer, *_ = stop_after_checkpoint(command, folder, 48, 96)
     assert saved["epoch"] == killed_at // STEPS_PER_EPOCH and saved_buffer["num_appended"] == killed_at
 
     resumed = run(command)
@@ -97,13 +100,32 @@ def test_rem_resume_after_kill_loses_and_duplicates_nothing(tmp_path):
     final = torch.load(folder / "checkpoint_96.pt", weights_only=False)
     final_buffer = torch.load(folder / "replay_buffer_96.pt", weights_only=True)
     assert (final["epoch"], final["step"]) == (6, 96) and final_buffer["num_appended"] == 96
-    # the stored steps before the kill are kept as they were, and the resumed envs began new episodes there
+    # the stored steps before the kill are kept as they were, and the envs continued their episodes
     for key in ("obs", "action", "reward", "termination"):
         assert torch.equal(final_buffer[key][:, :killed_at], saved_buffer[key]), key
-    assert final["episode_cuts"] == [killed_at]
+    assert final["episode_cuts"] == []
     # every component's optimiser continued: the updates add up to an uninterrupted run's
     for name in UPDATES:
         assert optimizer_steps(saved, name) == expected_updates(name, killed_at // STEPS_PER_EPOCH), name
         assert optimizer_steps(final, name) == expected_updates(name, 6), name
     again = run(command)
     assert "already reached epoch 6 at 96 steps" in again.stdout
+
+
+def test_rem_signal_saves_inside_the_epoch_and_the_resumed_run_is_the_uninterrupted_run(tmp_path):
+    """SIGUSR1 during epoch 2 or 3 (collecting or updating): the checkpoint records how far that
+    epoch got, and the resumed run ends bit-identical to an uninterrupted one of the same seed
+    (weights, optimisers, buffer, counters, envs, RNG, TensorBoard scalars, the final evaluation)."""
+    overrides = ["REMTrain.Epochs=3", "REMTrain.EvalEveryEpochs=3"]
+    run(train_command(tmp_path, *overrides, "BasicSettings.n=whole"))
+    command = train_command(tmp_path, *overrides, "BasicSettings.n=stopped")
+    stopped = stop_after_checkpoint(command, tmp_path / "saved_models" / "stopped", 16, 48, (signal.SIGUSR1,))
+    assert stopped.returncode == REQUEUE_EXIT_STATUS, stopped.stderr
+    position = stopped.checkpoint["epoch"], stopped.checkpoint["epoch_done"]   # epochs done, and how far the next got
+    assert stopped.step == position[0] * STEPS_PER_EPOCH + position[1].get("collect", 0), position
+
+    resumed = run(command)
+    assert f"Resuming run stopped from step {stopped.step}" in resumed.stdout
+    final = assert_same_run(tmp_path, "whole", "stopped", 48)
+    for name in UPDATES:
+        assert optimizer_steps(final, name) == expected_updates(name, 3), name

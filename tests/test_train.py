@@ -1,14 +1,20 @@
-"""train.py end to end through its command line: a dry run per algorithm, and resuming
-after the process is killed with nothing lost and nothing duplicated."""
+"""train.py end to end through its command line: a dry run per algorithm, resuming after
+the process is killed with nothing lost and nothing duplicated, and stopping at a signal
+with a run that, resumed, is the uninterrupted run bit for bit."""
+import math
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 from unittest import mock
 
+import numpy as np
 import pytest
 import torch
+
+from preemption import REQUEUE_EXIT_STATUS
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["+preset=cpu", "JointTrainAgent.BufferWarmUp=32", "JointTrainAgent.BatchSize=2",
@@ -32,22 +38,76 @@ def steps_of(folder: Path, pattern: str) -> list[int]:
     return sorted(int(p.stem.split("_")[-1]) for p in folder.glob(pattern))
 
 
-def kill_after_checkpoint(command, folder: Path, first: int, final: int, timeout: float = 500):
-    """Start `command`, SIGKILL it as soon as checkpoint_<first>.pt exists in `folder`, and
-    return the newest checkpoint's step, the checkpoint and its replay buffer file's contents;
-    the kill must come before the run's last checkpoint, checkpoint_<final>.pt."""
+class Stopped(NamedTuple):
+    step: int                 # of the newest checkpoint
+    checkpoint: dict
+    buffer: dict              # its replay buffer file's contents
+    returncode: int
+    stderr: str
+
+
+def stop_after_checkpoint(command, folder: Path, first: int, final: int, signals=(signal.SIGKILL,),
+                          timeout: float = 500) -> Stopped:
+    """Start `command`, send it `signals` one after the other as soon as checkpoint_<first>.pt
+    exists in `folder`, and wait for it to end; the stop must come before the run's last
+    checkpoint, checkpoint_<final>.pt."""
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + timeout
     while not (folder / f"checkpoint_{first}.pt").exists():
         assert process.poll() is None, process.stderr.read()
         assert time.time() < deadline, f"no checkpoint_{first}.pt within {timeout} s"
-        time.sleep(0.2)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    killed_at = steps_of(folder, "checkpoint_*.pt")[-1]
-    assert first <= killed_at < final, "the run must be killed before it finished"
-    return (killed_at, torch.load(folder / f"checkpoint_{killed_at}.pt", weights_only=False),
-            torch.load(folder / f"replay_buffer_{killed_at}.pt", weights_only=True))
+        time.sleep(0.05)
+    for signum in signals:
+        process.send_signal(signum)
+    stderr = process.communicate(timeout=timeout)[1]
+    step = steps_of(folder, "checkpoint_*.pt")[-1]
+    assert first <= step < final, "the run must be stopped before it finished"
+    return Stopped(step, torch.load(folder / f"checkpoint_{step}.pt", weights_only=False),
+                   torch.load(folder / f"replay_buffer_{step}.pt", weights_only=True), process.returncode, stderr)
+
+
+def differences(a, b, path: str = "") -> list[str]:
+    """Where two checkpoints (nested dicts, lists, tensors, arrays, numbers) are not bit-identical."""
+    if isinstance(a, dict):
+        if not isinstance(b, dict) or set(a) != set(b):
+            return [f"{path}: keys differ"]
+        return [found for key in a for found in differences(a[key], b[key], f"{path}.{key}")]
+    if isinstance(a, (list, tuple)):
+        if not isinstance(b, (list, tuple)) or len(a) != len(b):
+            return [f"{path}: lengths differ"]
+        return [found for i, (x, y) in enumerate(zip(a, b)) for found in differences(x, y, f"{path}[{i}]")]
+    if isinstance(a, torch.Tensor):
+        same = isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    elif isinstance(a, np.ndarray):
+        same = isinstance(b, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b)
+    elif isinstance(a, float) and math.isnan(a):
+        same = isinstance(b, float) and math.isnan(b)
+    else:
+        same = a == b
+    return [] if same else [path]
+
+
+def scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every TensorBoard scalar of a run folder as (step, value) pairs, but the wall times (time/*)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    return {tag: [(event.step, event.value) for event in events.Scalars(tag)]
+            for tag in events.Tags()["scalars"] if not tag.startswith("time/")}
+
+
+def assert_same_run(tmp_path, whole: str, stopped: str, step: int) -> dict:
+    """The runs `whole` and `stopped` end at `step` bit-identical: every checkpoint entry but the
+    config (whose run name and folders differ), the replay buffer and the TensorBoard scalars."""
+    folders = [tmp_path / "saved_models" / name for name in (whole, stopped)]
+    checkpoints = [torch.load(folder / f"checkpoint_{step}.pt", weights_only=False) for folder in folders]
+    for checkpoint in checkpoints:
+        checkpoint.pop("config")
+    assert differences(*checkpoints) == []
+    buffers = [torch.load(folder / f"replay_buffer_{step}.pt", weights_only=True) for folder in folders]
+    assert differences(*buffers) == []
+    assert scalars(tmp_path / "runs" / whole) == scalars(tmp_path / "runs" / stopped)
+    return checkpoints[0]
 
 
 @pytest.mark.parametrize("config_args", [
@@ -166,7 +226,7 @@ def test_resume_after_kill_once_the_buffer_wrapped_loses_and_duplicates_nothing(
                  "JointTrainAgent.VideoEverySteps=0", "BasicSettings.n=resume"]
     command = train_command(tmp_path, *overrides)
     folder = tmp_path / "saved_models" / "resume"
-    killed_at, saved, saved_buffer = kill_after_checkpoint(command, folder, 80, 160)
+    killed_at, saved, saved_buffer, *_ = stop_after_checkpoint(command, folder, 80, 160)
     assert saved["step"] == killed_at and saved_buffer["num_appended"] == killed_at > 48   # wrapped
     cfg = compose_config("STORM", TINY + overrides + [f"BasicSettings.RunsDir={tmp_path}/runs",
                                                       f"BasicSettings.CheckpointDir={tmp_path}/saved_models"])
@@ -220,3 +280,34 @@ def test_videos_do_not_change_the_training_random_stream(tmp_path):
         trainer.log_video(writer)
     assert torch.equal(torch.get_rng_state(), before)
     trainer.envs.close()
+
+
+PIXEL_SIDE = "gym/tests.pixel_games:PixelSide-v0"   # 16-step episodes: the signal comes mid-episode
+
+
+@pytest.mark.parametrize("config_args, signals", [
+    ([], (signal.SIGTERM,)),
+    (["BasicSettings.config_path=config_files/GITSTORM.yaml"], (signal.SIGUSR2, signal.SIGUSR2)),  # 2nd while stopping
+], ids=["STORM", "GITSTORM"])
+def test_signal_saves_the_step_and_the_resumed_run_is_the_uninterrupted_run(tmp_path, config_args, signals):
+    """A run signalled mid-run (between two periodic saves, during the updates) saves a full
+    checkpoint of the step it was in and exits with the requeue status; the same command then
+    resumes it and it ends bit-identical to an uninterrupted run of the same seed: weights,
+    optimiser states, buffer, counters, envs, RNG and every TensorBoard scalar but wall times.
+    So no step is lost or redone, and the same seed gives the same run."""
+    overrides = [*config_args, f"BasicSettings.env_name={PIXEL_SIDE}", "JointTrainAgent.SampleMaxSteps=48",
+                 "JointTrainAgent.SaveEverySteps=24", "JointTrainAgent.VideoEverySteps=0"]
+    run(train_command(tmp_path, *overrides, "BasicSettings.n=whole"))
+    command = train_command(tmp_path, *overrides, "BasicSettings.n=stopped")
+    stopped = stop_after_checkpoint(command, tmp_path / "saved_models" / "stopped", 24, 48, signals)
+    assert stopped.returncode == REQUEUE_EXIT_STATUS, stopped.stderr
+    assert f"{signals[0].name} received: finishing this step" in stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    assert stopped.checkpoint["step"] == stopped.buffer["num_appended"] == stopped.step
+
+    resumed = run(command)
+    assert f"Resuming run stopped from step {stopped.step}" in resumed.stdout
+    final = assert_same_run(tmp_path, "whole", "stopped", 48)
+    warmup = 32   # TINY's BufferWarmUp: one world-model and one agent update per step after it
+    for name in ("world_model_optimizer", "agent_optimizer"):
+        assert final[name]["state"][0]["step"].item() == 48 - warmup, name

@@ -19,6 +19,10 @@ Epoch e = 1 .. REMTrain.Epochs runs, in order:
                  EvalNumEnvs test envs at EvalTemperature (the last epoch: FinalEvalEpisodes)
     checkpoint   if e % SaveEveryEpochs == 0, and after the last epoch
 
+A stop signal (preemption.py) ends the epoch in progress after its current collected step or
+update, with a checkpoint that records how far the epoch got (`epoch_done`): the resumed run
+carries on inside that epoch, nothing redone.
+
 With the paper's numbers: 500 x 200 = 100k collected steps, then 100 epochs of updates only.
 REM's episodes end at a life loss, game over or time limit (all three are stored as
 terminations), and its segments never cross an episode's end (sub_models/rem/segments.py).
@@ -40,7 +44,7 @@ from agents import build_run_models
 from eval import EVAL_SEED_OFFSET, evaluate_checkpoint
 from replay_buffer import ReplayBuffer
 from sub_models.rem.segments import EpisodeSegments
-from train import RunTrainer
+from train import RunTrainer, never
 from utils import rng_state, set_rng_state
 
 # A world-model segment starts where at least ContextLength + 1 real steps follow (REM's
@@ -67,7 +71,10 @@ class REMTrainer(RunTrainer):
         self.buffer = ReplayBuffer(image, (), torch.long, self.num_envs, capacity, 0, self.device,
                                    train.BufferOnDevice and self.device.type == "cuda")
         self.segments = EpisodeSegments(self.buffer)
+        self.actor = make_actor(cfg, self.models, self.action_space, self.num_envs, evaluation=False)
         self.epoch = 0                # epochs completed
+        # how far the epoch in progress got: steps collected per env ("collect"), updates per component
+        self.epoch_done: dict[str, int] = {}
 
     def start_message(self) -> str:
         train = self.cfg.REMTrain
@@ -81,43 +88,47 @@ class REMTrainer(RunTrainer):
         return f"already reached epoch {self.epoch} at {self.step} steps (REMTrain.Epochs={epochs})"
 
     def progress(self) -> dict:
-        return {**super().progress(), "epoch": self.epoch, "episode_cuts": list(self.segments.cuts)}
+        return {**super().progress(), "epoch": self.epoch, "epoch_done": dict(self.epoch_done),
+                "episode_cuts": list(self.segments.cuts)}
 
     def load_progress(self, state: dict) -> None:
         super().load_progress(state)
         self.epoch, self.segments.cuts = state["epoch"], list(state["episode_cuts"])
+        self.epoch_done = dict(state.get("epoch_done", {}))
 
     def schedule_step(self, epoch: int) -> int:
         return epoch * self.cfg.REMTrain.CollectStepsPerEpoch * self.num_envs
 
     # ------------------------------------------------------------------ main loop
-    def run(self) -> None:
+    def run(self, *, should_stop=never) -> None:
         cfg, train = self.cfg, self.cfg.REMTrain
-        writer = SummaryWriter(str(self.dirs.logs), purge_step=self.schedule_step(self.epoch) + 1 if self.epoch else None)
-        actor = make_actor(cfg, self.models, self.action_space, self.num_envs, evaluation=False)
-        # A resumed run reseeds with Seed + step so its episodes are not replays of the first ones;
-        # the interrupted episodes end where the checkpoint was taken.
-        obs, _ = self.envs.reset(seed=cfg.BasicSettings.Seed + self.step)
-        if self.step:
-            self.segments.mark_new_episode()
+        # events after the checkpoint (epoch figures at the schedule step, episodes at the env step) are written again
+        last_kept = max(self.schedule_step(self.epoch), self.step)
+        writer = SummaryWriter(str(self.dirs.logs), purge_step=last_kept + 1 if last_kept else None)
+        continued = self.start_envs()
+        if self.step and not continued:
+            self.segments.mark_new_episode()   # the interrupted episodes end where the checkpoint was taken
         bar = self.progress_bar(train.Epochs, self.epoch, "epoch")
-        pending: dict[str, list[torch.Tensor]] = {}
-        timer = self.timer
+        pending, timer = self.pending, self.timer
         try:
             for epoch in range(self.epoch + 1, train.Epochs + 1):
                 started = time.time()
                 if epoch <= train.CollectStopAfterEpochs:
                     with timer("collect"):
-                        obs = self.collect(actor, obs, writer)
+                        self.collect(writer, should_stop)
                 for phase, steps in self.updates_in(epoch).items():
                     with timer(f"{phase}_update"):
-                        for _ in range(steps):
+                        while self.epoch_done.get(phase, 0) < steps and not should_stop():
                             self.track(*self.update(phase), pending)
+                            self.epoch_done[phase] = self.epoch_done.get(phase, 0) + 1
+                if should_stop():   # inside the epoch: epoch_done says how far it got
+                    self.save()
+                    return
                 if train.EvalEveryEpochs and epoch % train.EvalEveryEpochs == 0:
                     with timer("evaluate"):
                         episodes = train.FinalEvalEpisodes if epoch == train.Epochs else train.EvalEpisodes
                         pending["eval/return"] = [torch.tensor(self.evaluate(episodes).mean())]
-                self.epoch = epoch
+                self.epoch, self.epoch_done = epoch, {}
                 for phase, seconds in timer.pop().items():
                     pending[f"time/{phase}_seconds_per_epoch"] = [torch.tensor(seconds)]
                 pending["time/epoch_seconds"] = [torch.tensor(time.time() - started)]
@@ -125,8 +136,11 @@ class REMTrainer(RunTrainer):
                 self.flush(pending, writer, self.schedule_step(epoch))
                 bar.update(1)
                 bar.set_postfix(steps=self.step, episode_return=f"{self.last_return:.1f}", episodes=self.episodes)
-                if epoch % train.SaveEveryEpochs == 0 or epoch == train.Epochs:
+                scheduled = epoch % train.SaveEveryEpochs == 0 or epoch == train.Epochs
+                if scheduled or should_stop():
                     self.save()
+                if should_stop():
+                    return
         finally:
             bar.close()
             writer.close()
@@ -141,24 +155,25 @@ class REMTrainer(RunTrainer):
         return {name: steps for name, (start_after, steps) in schedule.items() if epoch > start_after and steps}
 
     # ------------------------------------------------------------------ collection
-    def collect(self, actor, obs: np.ndarray, writer: SummaryWriter) -> np.ndarray:
-        """CollectStepsPerEpoch steps of every env; returns the observation to act on next."""
-        train = self.cfg.REMTrain
+    def collect(self, writer: SummaryWriter, should_stop) -> None:
+        """The rest of this epoch's CollectStepsPerEpoch steps of every env, or until `should_stop()`."""
+        train, actor = self.cfg.REMTrain, self.actor
         self.controller.eval()
         self.tokenizer.eval()
-        burn_in = self.segments.current_episodes(train.BurnIn)
-        actor.burn_in(burn_in[0], burn_in[1], burn_in[4])
-        for _ in range(train.CollectStepsPerEpoch):
-            action = actor.act(obs)
+        if not self.epoch_done.get("collect"):   # else the actor's state was restored mid-collection
+            burn_in = self.segments.current_episodes(train.BurnIn)
+            actor.burn_in(burn_in[0], burn_in[1], burn_in[4])
+        while self.epoch_done.get("collect", 0) < train.CollectStepsPerEpoch and not should_stop():
+            action = actor.act(self.obs)
             next_obs, reward, terminated, truncated, info = self.envs.step(action)
             # A life loss, game over or time limit ends REM's episode (REM_SPEC section 2).
             ended = terminated | truncated | info["life_loss"]
-            self.buffer.append(obs, action, reward.astype(np.float32), ended)
+            self.buffer.append(self.obs, action, reward.astype(np.float32), ended)
             actor.end_episodes(ended)
-            obs = next_obs
+            self.obs = next_obs
             self.step += self.num_envs
+            self.epoch_done["collect"] = self.epoch_done.get("collect", 0) + 1
             self.record_episodes(info, writer)
-        return obs
 
     # ------------------------------------------------------------------ updates
     def update(self, component: str) -> tuple[dict, torch.Tensor]:
@@ -182,10 +197,10 @@ class REMTrainer(RunTrainer):
         the same env seeds at every epoch (as eval.py gives every checkpoint); evaluating leaves
         the training run's random streams as they were."""
         train = self.cfg.REMTrain
-        state = rng_state()   # evaluate_checkpoint seeds every generator; put the training streams back
+        state = rng_state(self.device)   # evaluate_checkpoint seeds every generator; put the training streams back
         try:
             return evaluate_checkpoint(self.models, self.cfg, self.cfg.BasicSettings.env_name, episodes,
                                        min(train.EvalNumEnvs, episodes),
                                        self.cfg.BasicSettings.Seed + EVAL_SEED_OFFSET)
         finally:
-            set_rng_state(state)
+            set_rng_state(state, self.device)
