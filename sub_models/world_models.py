@@ -107,7 +107,8 @@ class WorldModel(nn.Module):
         self.decoder = Decoder(wm.InChannels, wm.EncoderBaseChannels, wm.EncoderStages, wm.CategoricalDim, wm.ClassDim)
         self.sequence_model = StochasticTransformer(
             wm.CategoricalDim, wm.ClassDim, action_dim, wm.TransformerHiddenDim, wm.TransformerNumLayers,
-            wm.TransformerNumHeads, wm.TransformerFeedForwardDim, wm.TransformerMaxLength, wm.Dropout, wm.StateMixer)
+            wm.TransformerNumHeads, wm.TransformerFeedForwardDim, wm.TransformerMaxLength, wm.Dropout, wm.StateMixer,
+            wm.TransformerNormEps)
         self.prior = build_prior(wm, models_cfg.MaskGit)
         self.reward_head = mlp_head(wm.TransformerHiddenDim, wm.HeadHiddenDim, wm.RewardBins)
         self.termination_head = mlp_head(wm.TransformerHiddenDim, wm.HeadHiddenDim, 1)

@@ -336,6 +336,19 @@ def test_sequence_model_is_causal_with_and_without_cache():
             assert (h[:, 6:] - h2[:, 6:]).abs().amax(-1).min() > 1e-4  # steps 6.. all do
 
 
+def test_sequence_model_layer_norms_use_the_authors_eps():
+    # The input norm and each block's two post-norms, built from the config: a 64-wide vector of
+    # +-1e-3 has mean 0 and variance 1e-6, so LN gives +-1e-3 / sqrt(1e-6 + eps):
+    # 1/sqrt(2) = 0.70711 at the authors' eps 1e-6, 1e-3/sqrt(1.1e-5) = 0.30151 at PyTorch's 1e-5.
+    model = tiny_world_model().sequence_model
+    x = 1e-3 * torch.tensor([1.0, -1.0]).repeat(32)
+    norms = [model.input_norm] + [norm for block in model.blocks
+                                  for norm in (block.attention_norm, block.feedforward_norm)]
+    assert len(norms) == 3
+    for norm in norms:
+        torch.testing.assert_close(norm(x), x.sign() / math.sqrt(2), atol=1e-5, rtol=0)
+
+
 def test_sequence_model_rejects_too_long_sequences():
     model = make_transformer(max_length=8)
     z, a = random_one_hot(1, 9, 4, num_classes=3), random_one_hot(1, 9, num_classes=5)
