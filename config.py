@@ -79,6 +79,7 @@ class WorldModelSchema:
     TransformerNumLayers: int = MISSING
     TransformerNumHeads: int = MISSING
     TransformerFeedForwardDim: int = MISSING
+    TransformerNormEps: float = MISSING
     Dropout: float = MISSING
     HeadHiddenDim: int = MISSING
     RewardBins: int = MISSING
@@ -98,6 +99,7 @@ class WorldModelSchema:
 
 @dataclass
 class MaskGitSchema:
+    Architecture: str = MISSING
     EmbeddingDim: int = MISSING
     NumLayers: int = MISSING
     NumHeads: int = MISSING
@@ -154,6 +156,7 @@ CHOICES = {
     "Models.WorldModel.Prior": ("mlp", "maskgit"),
     "Models.WorldModel.StateMixer": ("concat", "concat_attn", "cross_attn", "unmixed", "ivideogpt"),
     "Models.WorldModel.Latent": ("categorical", "vqvae"),
+    "Models.MaskGit.Architecture": ("standard", "authors"),
     "Models.MaskGit.MaskSchedule": ("cosine", "linear"),
     "Models.MaskGit.MaskRounding": ("floor", "ceil"),
     "Models.MaskGit.TrainTarget": ("current", "next"),

@@ -461,6 +461,10 @@ class Trainer(RunTrainer):
                     if self.updates % train.TrainDynamicsEverySteps == 0:
                         with timer("world_model_update"):
                             batch = self.buffer.sample(train.BatchSize, train.BatchLength)
+                            # once per log, on the first world-model update after it; decided by
+                            # what is pending (saved in checkpoints), so a resumed run does the same
+                            if "world_model/sampling_kl" not in pending:
+                                pending.update(self.sampling_figures(batch))
                             self.track(*self.world_model.update(*batch), pending)
                     if self.updates % train.TrainAgentEverySteps == 0:
                         with timer("imagination_and_agent_update"):
@@ -496,14 +500,29 @@ class Trainer(RunTrainer):
             writer.close()
             envs.close()
 
-    @torch.no_grad()
-    def log_video(self, writer: SummaryWriter) -> None:
-        """Imagined rollout (same real actions, open loop) beside the real frames, and reconstructions.
-        Drawn from a generator of its own (seeded by Seed and step), so turning videos on or off
-        leaves the training run's random stream, and so the run, unchanged."""
+    @contextmanager
+    def own_random_stream(self):
+        """Draws inside come from a generator of their own (seeded by Seed and step), so what is
+        drawn only for logging leaves the training run's random stream, and so the run, unchanged."""
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.cfg.BasicSettings.Seed + self.step)
+            yield
+
+    def sampling_figures(self, batch) -> dict[str, list[torch.Tensor]]:
+        """world_model/sampling_kl and sampling_perplexity (WorldModel.sampling_figures) on an
+        update's batch, before the update trains on it: once per log, without gradients, on the
+        device (nothing waits for them until the log)."""
+        obs, actions, _, _ = batch
+        with self.own_random_stream():
+            figures = self.world_model.sampling_figures(obs, actions)
+        return {key: [value] for key, value in figures.items()}
+
+    @torch.no_grad()
+    def log_video(self, writer: SummaryWriter) -> None:
+        """Imagined rollout (same real actions, open loop) beside the real frames, and reconstructions,
+        drawn from a random stream of their own: turning videos on or off leaves the run unchanged."""
+        with self.own_random_stream():
             self._log_video(writer)
 
     def _log_video(self, writer: SummaryWriter) -> None:
