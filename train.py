@@ -30,8 +30,9 @@ from config import ConfigError, config_differences, default_run_name, load_confi
 from env_wrapper import make_vector_env
 from replay_buffer import ReplayBuffer
 from agents import build_models
+from update_steps import UpdateSteps, hot_path_mode
 from utils import (action_spec, atomic_torch_save, load_checkpoint_file, rng_state, seed_everything,
-                   select_device, set_rng_state, use_bf16, use_compile)
+                   select_device, set_rng_state, use_bf16)
 
 CHECKPOINT_GLOB = "checkpoint_*.pt"
 
@@ -244,10 +245,8 @@ class Trainer(RunTrainer):
         super().__init__(cfg, train.NumEnvs, train.KeepCheckpoints, train.MaxNonFiniteUpdates)
         self.world_model, self.agent = build_models(cfg, self.action_dim, self.discrete, self.device, self.bf16)
         self.models = {"world_model": self.world_model, "agent": self.agent}
-        self.compiled = use_compile(cfg.BasicSettings.Compile, self.device)
-        if self.compiled:
-            self.world_model.compile_hot_paths()
-            self.agent.compile_hot_paths()
+        self.updates = UpdateSteps(self.world_model, self.agent, train.ImagineBatchLength,
+                                   hot_path_mode(cfg.BasicSettings.Compile, self.device))
         on_device = train.BufferOnDevice and self.device.type == "cuda"
         image = (cfg.BasicSettings.ImageSize, cfg.BasicSettings.ImageSize, 3)
         self.buffer = ReplayBuffer(image, () if self.discrete else (self.action_dim,),
@@ -255,7 +254,7 @@ class Trainer(RunTrainer):
                                    train.BufferMaxLength, train.BufferWarmUp, self.device, on_device)
 
     def start_message(self) -> str:
-        return f"{super().start_message()}, prior {self.cfg.Models.WorldModel.Prior}"
+        return f"{super().start_message()}, prior {self.cfg.Models.WorldModel.Prior}, updates {self.updates.mode}"
 
     def finished_message(self) -> str | None:
         limit = self.cfg.JointTrainAgent.SampleMaxSteps
@@ -298,14 +297,12 @@ class Trainer(RunTrainer):
                     if updates % train.TrainDynamicsEverySteps == 0:
                         with timer("world_model_update"):
                             batch = self.buffer.sample(train.BatchSize, train.BatchLength)
-                            self.track(*self.world_model.update(*batch), pending)
+                            self.track(*self.updates.world_model_update(*batch), pending)
                     if updates % train.TrainAgentEverySteps == 0:
                         with timer("imagination_and_agent_update"):
                             context_obs, context_actions, _, _ = self.buffer.sample(train.ImagineBatchSize,
                                                                                     train.ImagineContextLength)
-                            rollout = self.world_model.imagine(context_obs, context_actions, self.agent.policy,
-                                                               train.ImagineBatchLength)
-                            self.track(*self.agent.update(rollout), pending)
+                            self.track(*self.updates.agent_update(context_obs, context_actions), pending)
                 if after_step is not None:
                     after_step()
 

@@ -28,11 +28,6 @@ def use_bf16(mixed_precision: str, device: torch.device) -> bool:
     return supported
 
 
-def use_compile(setting: bool | None, device: torch.device) -> bool:
-    """BasicSettings.Compile: None means on for CUDA (where launch overhead dominates), off for CPU."""
-    return device.type == "cuda" if setting is None else bool(setting)
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

@@ -218,11 +218,11 @@ class WorldModel(nn.Module):
         with autocast_for(self.device, self.use_bf16):
             return self.encode(obs)[1].float()
 
-    def compile_hot_paths(self) -> None:
+    def compile_hot_paths(self, backend: str = "inductor") -> None:
         """torch.compile the training loss (forward and backward) and the imagination rollout,
-        each as one graph (BasicSettings.Compile). The eager methods are replaced in place."""
-        self.loss = torch.compile(self.loss, fullgraph=True)
-        self.rollout = torch.compile(self.rollout, fullgraph=True)
+        each as one graph (BasicSettings.Compile, update_steps.py). The eager methods are replaced in place."""
+        self.loss = torch.compile(self.loss, fullgraph=True, backend=backend)
+        self.rollout = torch.compile(self.rollout, fullgraph=True, backend=backend)
 
     def imagine(self, obs, actions, policy: Policy | torch.Tensor, horizon: int) -> Imagination:
         """Roll out `horizon` steps from real context sequences, in eval mode.
