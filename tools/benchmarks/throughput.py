@@ -168,10 +168,12 @@ class TimeUp(Exception):
     """Raised from the loop's after-step hook when the measurement is done."""
 
 
-def run_loop(cfg, steps: int | None = None, seconds: float | None = None, profile_steps: int = 5) -> dict:
+def run_loop(cfg, steps: int | None = None, seconds: float | None = None, profile_steps: int = 5,
+             stop_by: float | None = None) -> dict:
     """train.py's loop (Trainer.run) on cfg's env: the warm-up (random steps until the buffer is
     ready, then enough updates to compile and capture), `profile_steps` steps under
-    torch.profiler, then `steps` env steps or as many as fit in `seconds`, timed per phase."""
+    torch.profiler, then `steps` env steps or as many as fit in `seconds` and before the clock
+    time `stop_by` (time.time()), timed per phase."""
     from train import PhaseTimer, Trainer
     train = cfg.JointTrainAgent
     # the buffer becomes ready after warmup + NumEnvs steps; then the updates that compile / capture
@@ -198,8 +200,9 @@ def run_loop(cfg, steps: int | None = None, seconds: float | None = None, profil
                 profiler.stop()
                 trainer.timer.pop()
                 clock["start"] = time.perf_counter()
-            if trainer.step >= timed_from and (trainer.step == end or (
-                    seconds is not None and time.perf_counter() - clock["start"] >= seconds)):
+            if trainer.step > timed_from and (trainer.step == end or (
+                    seconds is not None and time.perf_counter() - clock["start"] >= seconds)
+                    or (stop_by is not None and time.time() >= stop_by)):
                 clock["end"] = time.perf_counter()
                 raise TimeUp
 
