@@ -41,8 +41,10 @@ class GraphedUpdate:
         kernels), which must not happen during a capture;
       * the optimiser step is captured as well: fused Adam keeps its step count on the device and
         reads the non-finite flag there; `capturable` only lifts its guard against capture;
-      * autocast's weight cache is off while capturing (the CUDA graphs notes of PyTorch: cached
-        casts would be freed under the graph).
+      * nothing global changes between the warm-up and the capture: a change of global state that
+        torch.compile guards on (autocast's weight cache, say) would recompile inside the capture.
+        Autocast's cache needs no switching off: every autocast region opens and closes within
+        the update (and is traced into the compiled code), so no cached cast outlives a capture.
     Random draws (dropout, sampling) come from the default CUDA generator as in eager code: each
     replay advances it by what one eager call would use. Without CUDA every call runs the update
     eagerly through the same input and output buffers.
@@ -55,6 +57,7 @@ class GraphedUpdate:
         self.keys: list[str] | None = None
         self.packed: torch.Tensor | None = None   # (figures..., finite) as float32, in the graph's memory
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.side_stream: torch.cuda.Stream | None = None
         self.calls = 0
 
     def __call__(self, *inputs: torch.Tensor) -> tuple[dict, torch.Tensor]:
@@ -62,11 +65,11 @@ class GraphedUpdate:
         if self.static_inputs[0].device.type != "cuda":
             self.store(self.run())
         elif self.calls < self.WARMUP_CALLS:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
+            self.side_stream = self.side_stream or torch.cuda.Stream()
+            self.side_stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(self.side_stream):
                 self.store(self.run())
-            torch.cuda.current_stream().wait_stream(side)
+            torch.cuda.current_stream().wait_stream(self.side_stream)
         else:
             if self.graph is None:
                 self.capture()
@@ -101,16 +104,12 @@ class GraphedUpdate:
             for group in optimizer.param_groups:
                 group["capturable"] = True
         self.graph = torch.cuda.CUDAGraph()
-        cache = torch.is_autocast_cache_enabled()
-        torch.set_autocast_cache_enabled(False)
         try:
             with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
                 self.packed = self.run()
         except RuntimeError as error:
             raise RuntimeError(f"capturing the {self.name} as a CUDA graph failed: {error}\n"
                                "BasicSettings.Compile=true runs it compiled without graphs") from error
-        finally:
-            torch.set_autocast_cache_enabled(cache)
 
 
 class UpdateSteps:
