@@ -1,10 +1,10 @@
 """What only a CUDA GPU can show (marked `cuda`: skipped without one; `pytest -m cuda` runs them,
-and so does the device check, tools/benchmarks/gpu_check.py).
+and so does the device check, tools/benchmarks/gpu_check.py), cheapest first:
 
-  * the compiled and the graph-captured updates (BasicSettings.Compile=true, reduce-overhead)
-    give the eager figures step by step for the same random numbers, imagination included;
   * a bf16 world-model update is finite and close to the fp32 one;
   * a checkpoint trained on CPU evaluates on CUDA;
+  * the compiled and the graph-captured updates (BasicSettings.Compile=true, reduce-overhead)
+    give the eager figures step by step for the same random numbers, imagination included;
   * train.py runs 200 steps on CUDA, eager and graph-captured, and writes its checkpoints.
 """
 import subprocess
@@ -45,28 +45,6 @@ def cuda_batches(count):
 
 
 @pytest.mark.parametrize("config_name", ["STORM", "GITSTORM"])
-def test_compiled_and_graph_captured_updates_equal_eager(config_name, full_fp32, monkeypatch):
-    """Six steps (three eager warm-up calls, the capture, two replays) of a world-model update and
-    an imagination + agent update; every figure of every step (the imagined rewards, terminations,
-    values and λ-returns among them) within rtol 1e-4, atol 1e-5 of eager, fp32: what inductor's
-    reordered reductions leave (tests/test_agent.py holds the compiled agent to the same); the
-    random numbers are the same because compiled code draws through the eager generator
-    (fallback_random) and a graph replay advances it as much as one eager call."""
-    import torch._inductor.config as inductor_config
-    monkeypatch.setattr(inductor_config, "fallback_random", True)
-    data = cuda_batches(6)
-    kept = {mode: train(UpdateSteps(*cuda_models(config_name), HORIZON, mode), data)
-            for mode in ("eager", "compiled", "reduce-overhead")}
-    for mode in ("compiled", "reduce-overhead"):
-        for step, (expected, found) in enumerate(zip(kept["eager"], kept[mode])):
-            assert bool(found["finite"])
-            for key, value in expected.items():
-                if key != "finite":
-                    torch.testing.assert_close(found[key].float(), value.float(), rtol=1e-4, atol=1e-5,
-                                               msg=f"{mode}, step {step}, {key}")
-
-
-@pytest.mark.parametrize("config_name", ["STORM", "GITSTORM"])
 def test_bf16_world_model_update_is_finite_and_close_to_fp32(config_name):
     """Paper size, one batch of 16 x 64, two updates from the same weights and random numbers:
     every bf16 figure finite, and the losses within 5% of fp32's (bf16 keeps 8 significant bits,
@@ -94,6 +72,28 @@ def test_cpu_trained_checkpoint_evaluates_on_cuda(tmp_path):
                   "-device=cuda", "-episodes=2", "-num_envs=2", "-max_steps=30", "+preset=cpu"])
     rows = (tmp_path / "eval" / "cpu_run.csv").read_text().splitlines()
     assert len(rows) == 2 and rows[1].startswith("40,"), result.stdout
+
+
+@pytest.mark.parametrize("config_name", ["STORM", "GITSTORM"])
+def test_compiled_and_graph_captured_updates_equal_eager(config_name, full_fp32, monkeypatch):
+    """Six steps (three eager warm-up calls, the capture, two replays) of a world-model update and
+    an imagination + agent update; every figure of every step (the imagined rewards, terminations,
+    values and λ-returns among them) within rtol 1e-4, atol 1e-5 of eager, fp32: what inductor's
+    reordered reductions leave (tests/test_agent.py holds the compiled agent to the same); the
+    random numbers are the same because compiled code draws through the eager generator
+    (fallback_random) and a graph replay advances it as much as one eager call."""
+    import torch._inductor.config as inductor_config
+    monkeypatch.setattr(inductor_config, "fallback_random", True)
+    data = cuda_batches(6)
+    kept = {mode: train(UpdateSteps(*cuda_models(config_name), HORIZON, mode), data)
+            for mode in ("eager", "compiled", "reduce-overhead")}
+    for mode in ("compiled", "reduce-overhead"):
+        for step, (expected, found) in enumerate(zip(kept["eager"], kept[mode])):
+            assert bool(found["finite"])
+            for key, value in expected.items():
+                if key != "finite":
+                    torch.testing.assert_close(found[key].float(), value.float(), rtol=1e-4, atol=1e-5,
+                                               msg=f"{mode}, step {step}, {key}")
 
 
 @pytest.mark.parametrize("setting", ["false", "reduce-overhead"])

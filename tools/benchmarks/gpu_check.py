@@ -25,6 +25,7 @@ import importlib
 import json
 import os
 import platform
+import re
 import signal
 import statistics
 import subprocess
@@ -218,21 +219,11 @@ class Check:
     def cuda_tests(self) -> None:
         xml = self.scratch / "cuda_tests.xml"
         # the dry run collects one test file: on CPU every cuda test is skipped anyway
-        command = [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-rA", "-p", "no:cacheprovider",
+        command = [sys.executable, "-m", "pytest", "-m", "cuda", "-v", "-rA", "-p", "no:cacheprovider",
                    f"--junitxml={xml}", *(["tests/test_cuda.py"] if self.args.dry_run else [])]
         status, _ = self.child("cuda_tests", command, self.args.test_seconds)
-        tests = []
-        if xml.exists():
-            for case in ElementTree.parse(xml).getroot().iter("testcase"):
-                outcome, message = "passed", ""
-                for tag in ("failure", "error", "skipped"):
-                    found = case.find(tag)
-                    if found is not None:
-                        outcome = {"failure": "failed", "error": "error", "skipped": "skipped"}[tag]
-                        message = (found.get("message") or "").splitlines()[0][:300] if found.get("message") else ""
-                tests.append({"test": f"{case.get('classname', '').split('.')[-1]}::{case.get('name')}",
-                              "outcome": outcome, "seconds": round(float(case.get("time", 0)), 1), "message": message})
-        self.record("cuda_tests", status, {"tests": tests})
+        self.record("cuda_tests", status, {"tests": junit_results(xml) if xml.exists() else
+                                           verbose_results(self.log_tail("cuda_tests", lines=10 ** 6))})
 
     def phases(self) -> None:
         runs, spent_by = [], time.time() + self.args.phase_seconds
@@ -254,6 +245,30 @@ class Check:
         self.report["wall_s"] = round(time.time() - (self.deadline - self.args.total_seconds), 1)
         (self.out / "report.json").write_text(json.dumps(self.report, indent=1, default=str))
         (self.out / "report.md").write_text(markdown(self.report))
+
+
+def junit_results(xml: Path) -> list[dict]:
+    tests = []
+    for case in ElementTree.parse(xml).getroot().iter("testcase"):
+        outcome, message = "passed", ""
+        for tag, name in (("failure", "failed"), ("error", "error"), ("skipped", "skipped")):
+            found = case.find(tag)
+            if found is not None:
+                outcome, message = name, (found.get("message") or "").split("\n")[0][:300]
+        tests.append({"test": f"{case.get('classname', '').split('.')[-1]}::{case.get('name')}", "outcome": outcome,
+                      "seconds": round(float(case.get("time", 0)), 1), "message": message})
+    return tests
+
+
+def verbose_results(log: str) -> list[dict]:
+    """The outcomes `pytest -v` printed, when it was stopped before writing its XML report."""
+    tests = []
+    for line in log.splitlines():
+        found = re.match(r"(tests/\S+?)\.py::(\S+) (PASSED|FAILED|SKIPPED|ERROR)", line)
+        if found:
+            tests.append({"test": f"{Path(found[1]).name}::{found[2]}", "outcome": found[3].lower(), "seconds": "",
+                          "message": "(read from the log: pytest was stopped before its report)"})
+    return tests
 
 
 def markdown(report: dict) -> str:
