@@ -76,8 +76,13 @@ def environment_worker(args) -> dict:
     info = {"python": platform.python_version(), "torch": torch.__version__, "cuda_runtime": torch.version.cuda,
             "device": str(device), "cpu_cores": os.cpu_count(),
             "float32_matmul_precision": torch.get_float32_matmul_precision(),
-            "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_cudnn": torch.backends.cudnn.allow_tf32,
             "project_precision_auto": "bf16" if use_bf16("auto", device) else "fp32"}
+    for name, read in (("tf32_matmul", lambda: torch.backends.cuda.matmul.allow_tf32),
+                       ("tf32_cudnn", lambda: torch.backends.cudnn.allow_tf32)):
+        try:   # newer torch refuses the legacy flags once its fp32_precision API has been used
+            info[name] = read()
+        except RuntimeError as error:
+            info[name] = f"unreadable: {error}"
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         info.update(gpu=props.name, capability=f"{props.major}.{props.minor}", multiprocessors=props.multi_processor_count,
