@@ -169,9 +169,9 @@ class ActorCriticAgent(nn.Module):
         for slow, fast in zip(self.slow_critic.parameters(), self.critic.parameters()):
             slow.lerp_(fast, weight)
 
-    def compile_hot_paths(self) -> None:
+    def compile_hot_paths(self, backend: str = "inductor") -> None:
         """torch.compile the agent loss (forward and backward) as one graph (BasicSettings.Compile)."""
-        self.loss = torch.compile(self.loss, fullgraph=True)
+        self.loss = torch.compile(self.loss, fullgraph=True, backend=backend)
 
     def loss(self, rollout: Imagination) -> tuple[torch.Tensor, dict]:
         """(total loss, detached figures). figures["agent/return_scale"] is the running return

@@ -11,7 +11,7 @@ import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Optional
+from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
@@ -34,7 +34,7 @@ class BasicSettingsSchema:
     ImageSize: int = MISSING
     Device: str = MISSING
     MixedPrecision: str = MISSING
-    Compile: Optional[bool] = None
+    Compile: Any = None   # null, true, false or reduce-overhead (_check_compile, update_steps.py)
     Deterministic: bool = MISSING
     Resume: str = MISSING
     RunsDir: str = MISSING
@@ -207,6 +207,7 @@ def validate(cfg: DictConfig) -> DictConfig:
     else:
         _check_choices(typed)
         _check_sizes(typed)
+    _check_compile(typed.BasicSettings)
     _check_atari_protocol(typed.BasicSettings)
     return typed
 
@@ -216,6 +217,14 @@ def _check_choices(cfg):
         value = OmegaConf.select(cfg, path)
         if value not in allowed:
             raise ConfigError(f"{path}={value!r}: expected one of {', '.join(allowed)}")
+
+
+def _check_compile(basic):
+    """null: compiled on CUDA, eager on CPU; false: eager; true: torch.compile the hot paths;
+    reduce-overhead: compiled and each update captured as one CUDA graph (update_steps.py)."""
+    value = basic.Compile
+    _require(value is None or isinstance(value, bool) or value == "reduce-overhead", "BasicSettings.Compile",
+             value, "expected null, true, false or reduce-overhead")
 
 
 def _check_atari_protocol(basic):

@@ -35,9 +35,9 @@ from env_wrapper import make_vector_env, set_vector_env_state, vector_env_state
 from preemption import StopSignals
 from replay_buffer import ReplayBuffer
 from agents import build_models
+from update_steps import UpdateSteps, hot_path_mode
 from utils import (action_spec, atomic_torch_save, describe_device, describe_precision, load_checkpoint_file,
-                   rng_state, seed_everything, select_device, set_rng_state, use_bf16, use_compile,
-                   use_deterministic)
+                   rng_state, seed_everything, select_device, set_rng_state, use_bf16, use_deterministic)
 
 CHECKPOINT_GLOB = "checkpoint_*.pt"
 # 2: checkpoints also hold the loop's state (envs, observations, actor memory, figures not yet
@@ -397,10 +397,8 @@ class Trainer(RunTrainer):
         super().__init__(cfg, train.NumEnvs, train.KeepCheckpoints, train.MaxNonFiniteUpdates)
         self.world_model, self.agent = build_models(cfg, self.action_dim, self.discrete, self.device, self.bf16)
         self.models = {"world_model": self.world_model, "agent": self.agent}
-        self.compiled = use_compile(cfg.BasicSettings.Compile, self.device)
-        if self.compiled:
-            self.world_model.compile_hot_paths()
-            self.agent.compile_hot_paths()
+        self.update_steps = UpdateSteps(self.world_model, self.agent, train.ImagineBatchLength,
+                                   hot_path_mode(cfg.BasicSettings.Compile, self.device))
         on_device = train.BufferOnDevice and self.device.type == "cuda"
         image = (cfg.BasicSettings.ImageSize, cfg.BasicSettings.ImageSize, 3)
         self.buffer = ReplayBuffer(image, () if self.discrete else (self.action_dim,),
@@ -419,7 +417,7 @@ class Trainer(RunTrainer):
         self.updates, self.last_log_step = state.get("updates", 0), state.get("last_log_step", state["step"])
 
     def start_message(self) -> str:
-        return f"{super().start_message()}, prior {self.cfg.Models.WorldModel.Prior}"
+        return f"{super().start_message()}, prior {self.cfg.Models.WorldModel.Prior}, updates {self.update_steps.mode}"
 
     def finished_message(self) -> str | None:
         limit = self.cfg.JointTrainAgent.SampleMaxSteps
@@ -465,14 +463,12 @@ class Trainer(RunTrainer):
                             # what is pending (saved in checkpoints), so a resumed run does the same
                             if "world_model/sampling_kl" not in pending:
                                 pending.update(self.sampling_figures(batch))
-                            self.track(*self.world_model.update(*batch), pending)
+                            self.track(*self.update_steps.world_model_update(*batch), pending)
                     if self.updates % train.TrainAgentEverySteps == 0:
                         with timer("imagination_and_agent_update"):
                             context_obs, context_actions, _, _ = self.buffer.sample(train.ImagineBatchSize,
                                                                                     train.ImagineContextLength)
-                            rollout = self.world_model.imagine(context_obs, context_actions, self.agent.policy,
-                                                               train.ImagineBatchLength)
-                            self.track(*self.agent.update(rollout), pending)
+                            self.track(*self.update_steps.agent_update(context_obs, context_actions), pending)
                 if after_step is not None:
                     after_step()
 

@@ -77,11 +77,6 @@ def describe_precision(mixed_precision: str, device: torch.device, bf16: bool) -
     return "fp32"
 
 
-def use_compile(setting: bool | None, device: torch.device) -> bool:
-    """BasicSettings.Compile: None means on for CUDA (where launch overhead dominates), off for CPU."""
-    return device.type == "cuda" if setting is None else bool(setting)
-
-
 @contextmanager
 def full_fp32():
     """fp32 matmuls and convolutions computed in full fp32 inside, not in TF32 (which CUDA uses for

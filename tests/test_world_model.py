@@ -681,3 +681,29 @@ def test_overfit_real_frames(prior, boxing_steps):
     (kl_trained, ppl_trained), (kl_untrained, ppl_untrained) = figures["trained"], figures["untrained"]
     assert kl_trained < kl_untrained / 1.2, figures
     assert ppl_trained < ppl_untrained / 1.25, figures
+
+
+def test_world_model_update_scales_frames_once_and_writes_conv_activations_in_place():
+    """The work an update does on frames and conv activations, read off torch.profiler: the uint8
+    batch becomes floats in [0, 1] in one op, shared by the encoder and the reconstruction target
+    (it was two conversions and two divisions), and the encoder's and decoder's ReLUs run in place
+    (an out-of-place ReLU writes a new tensor per layer: 1024 x 32 x 32 x 32 floats at paper size).
+    Scaling inside the encoder gives the same logits bit for bit."""
+    wm = tiny_world_model()
+    torch.manual_seed(12)
+    obs = torch.randint(0, 256, (2, 6, 64, 64, 3), dtype=torch.uint8)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as profiler:
+        wm.update(obs, torch.randint(0, 18, (2, 6)), torch.randn(2, 6), torch.zeros(2, 6))
+    frame_shapes = ([2, 6, 64, 64, 3], [12, 64, 64, 3], [12, 3, 64, 64])
+
+    def within_div(event):   # uint8 / 255 converts to float inside the division
+        return event.cpu_parent is not None and (event.cpu_parent.name == "aten::div" or within_div(event.cpu_parent))
+
+    on_frames = [e.name for e in profiler.events() if e.name in ("aten::_to_copy", "aten::div") and e.input_shapes
+                 and e.input_shapes[0] in frame_shapes and not within_div(e)]
+    assert on_frames == ["aten::div"]
+    out_of_place_relu = [e.input_shapes for e in profiler.events() if e.name in ("aten::relu", "aten::clamp_min")
+                         and e.input_shapes and len(e.input_shapes[0]) == 4]
+    assert out_of_place_relu == []
+    frames = obs[0]
+    assert torch.equal(wm.encoder(frames), wm.encoder(frames / 255.0))

@@ -138,7 +138,7 @@ def check_rem(cfg, require) -> None:
     basic = cfg.BasicSettings
     require(basic.MixedPrecision == "fp32", "BasicSettings.MixedPrecision", basic.MixedPrecision,
             "expected fp32: REM trains in fp32 (bf16 autocast is built for STORM / GIT-STORM only)")
-    require(basic.Compile is not True, "BasicSettings.Compile", basic.Compile,
+    require(basic.Compile is None or basic.Compile is False, "BasicSettings.Compile", basic.Compile,
             "expected null or false: torch.compile is built for STORM / GIT-STORM's hot paths only")
     train, tok, wm = cfg.REMTrain, cfg.Models.Tokenizer, cfg.Models.RetNetWorldModel
     size, steps = cfg.BasicSettings.ImageSize, tok.DownsampleSteps
