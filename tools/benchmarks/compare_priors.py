@@ -2,6 +2,8 @@
 
     python tools/benchmarks/compare_priors.py [--games Boxing,Pong] [--steps 10000] [--updates 800]
         [--seeds 0,1] [--batch-size 8] [--batch-length 16] [--preset cpu] [--override KEY=VALUE ...]
+        [--eval-at 1000,2000,4000] [--json runs.json] [--plot curves.png]
+    python tools/benchmarks/compare_priors.py --from-json a.json b.json [--plot curves.png]
 
 1. Collects --steps agent steps of each ALE/<game>-v5 once, with a seeded uniform random policy
    (training env: life loss counts as termination, as in train.py).
@@ -12,6 +14,11 @@
    from all games from a seeded generator; 18 actions, the games' sets embedded in it).
 4. Prints one Markdown table: per figure, mean +- standard deviation over the seeds, held-out
    per game (eval mode, disjoint sequences of --batch-length steps).
+5. With --eval-at, also evaluates the held-out figures along the same training run after the
+   given numbers of updates and prints the curves of the sampling KL and perplexity; --json
+   keeps every run (figures at every evaluation point), --plot draws the curves (one column per
+   game, one line per variant and seed). --from-json merges runs saved by several jobs (e.g. one
+   per seed) into those curves and plot without training.
 
 Two kinds of KL / perplexity exist, because the two priors' training losses count different tokens:
   * "objective": the figures of WorldModel.loss. The MLP prior counts all K tokens; the MaskGIT
@@ -23,6 +30,7 @@ Two kinds of KL / perplexity exist, because the two priors' training losses coun
     distribution imagination uses, the same for both priors: the comparable figure.
 """
 import argparse
+import json
 import math
 import os
 import sys
@@ -72,7 +80,20 @@ def parse_args(argv=None):
     parser.add_argument("--holdout", type=float, default=0.2, help="fraction of steps held out (default 0.2)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: faster than 2 on a busy 2-core machine)")
+    parser.add_argument("--eval-at", default="",
+                        help="comma-separated update counts at which to evaluate along the run (<= --updates; "
+                             "the end of training is always evaluated)")
+    parser.add_argument("--json", default=None, help="write every run's figures at every evaluation point here")
+    parser.add_argument("--plot", default=None, help="PNG of the held-out sampling KL and perplexity curves")
+    parser.add_argument("--from-json", nargs="+", default=None, metavar="JSON",
+                        help="no training: merge the runs of these --json files into curves (and --plot)")
     args = parser.parse_args(argv)
+    if args.from_json:
+        return args
+    eval_at = [int(count) for count in args.eval_at.split(",") if count]
+    if any(not 0 < count <= args.updates for count in eval_at):
+        parser.error(f"--eval-at {args.eval_at}: expected update counts in [1, --updates={args.updates}]")
+    args.eval_at = sorted(set(eval_at) | {args.updates})
     args.games = args.games.split(",")
     args.seeds = [int(seed) for seed in args.seeds.split(",")]
     labels = [label for label, _, _ in VARIANTS]
@@ -122,25 +143,39 @@ def build(config_name, overrides, args, seed):
     return cfg, WorldModel(cfg.Models, NUM_ACTIONS, discrete_actions=True, use_bf16=use_bf16).to(device)
 
 
-def train(wm, data, batch_starts, args, seed):
+def train(wm, data, batch_starts, heldout, args, seed):
+    """Trains on batch_starts in order; evaluates `heldout` (game -> data) after each of
+    args.eval_at updates. Returns (training figures, curve: [{"updates", game: figures}])."""
     torch.manual_seed(seed + 1)  # the same masks / samples stream for every variant at the start
-    history, skipped = [], 0
+    history, curve, skipped, eval_seconds = [], [], 0, 0.0
     start = time.perf_counter()
-    for starts in batch_starts:
+    for updates, starts in enumerate(batch_starts, 1):
         metrics, finite = wm.update(*gather(data, starts, args.batch_length, wm.device))
         skipped += int(not bool(finite))
         history.append({k.split("/", 1)[1]: v.float().item() for k, v in metrics.items()})
-    seconds = time.perf_counter() - start
+        if updates in args.eval_at:
+            began = time.perf_counter()
+            curve.append({"updates": updates, **{game: evaluate(wm, part, args, seed) for game, part in heldout.items()}})
+            eval_seconds += time.perf_counter() - began
+            print(f"  {updates} updates: held-out sampling KL " + ", ".join(
+                f"{game} {curve[-1][game]['sampling_kl']:.3f}" for game in heldout), file=sys.stderr, flush=True)
+    seconds = time.perf_counter() - start - eval_seconds
     tail = history[-max(1, len(history) // 10):]
     final = {k: sum(h[k] for h in tail) / len(tail) for k in TRAIN_FIGURES}
     final["seconds_per_update"] = seconds / len(batch_starts)
     final["skipped_updates"] = skipped
-    return final
+    return final, curve
 
 
 @torch.no_grad()
 def evaluate(wm, data, args, seed):
-    """Held-out figures over disjoint sequences, eval mode, one fixed seed."""
+    """Held-out figures over disjoint sequences, eval mode, one fixed seed; the training's random
+    stream is left as it was, so evaluating along a run does not change the run."""
+    with torch.random.fork_rng(devices=[wm.device] if wm.device.type == "cuda" else []):
+        return _evaluate(wm, data, args, seed)
+
+
+def _evaluate(wm, data, args, seed):
     n = data[0].shape[0] // args.batch_length
     starts = torch.arange(n) * args.batch_length
     obs, actions, rewards, terminations = gather(data, starts, args.batch_length, wm.device)
@@ -170,8 +205,88 @@ def mean_sd(values):
     return values.mean().item(), sd
 
 
+CURVE_FIGURES = (("sampling_kl", "held-out sampling KL (all tokens)"),
+                 ("sampling_perplexity", "held-out perplexity (all tokens)"))
+
+
+def print_curves(runs, games):
+    """Markdown: per game and curve figure, mean +- sd over the seeds at every evaluation point."""
+    labels = list(dict.fromkeys(run["label"] for run in runs))
+    for game in games:
+        for key, name in CURVE_FIGURES:
+            print(f"\n{game}, {name}, along training (mean ± sd over seeds)\n")
+            print("| updates | " + " | ".join(labels) + " |")
+            print("|---:|" + "---:|" * len(labels))
+            counts = sorted({point["updates"] for run in runs for point in run["curve"]})
+            for count in counts:
+                cells = []
+                for label in labels:
+                    values = [point[game][key] for run in runs if run["label"] == label
+                              for point in run["curve"] if point["updates"] == count]
+                    mean, sd = mean_sd(values) if values else (float("nan"), 0.0)
+                    cells.append(f"{mean:.3f} ± {sd:.3f} (n={len(values)})")
+                print(f"| {count} | " + " | ".join(cells) + " |")
+
+
+def plot_curves(runs, games, path):
+    """One column per game, rows: sampling KL and perplexity vs updates (log x); one colour per
+    variant, one line per seed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    labels = list(dict.fromkeys(run["label"] for run in runs))
+    colours = {label: plt.get_cmap("tab10")(i % 10) for i, label in enumerate(labels)}
+    fig, axes = plt.subplots(len(CURVE_FIGURES), len(games), figsize=(4.5 * len(games), 6.5), squeeze=False)
+    for column, game in enumerate(games):
+        for row, (key, name) in enumerate(CURVE_FIGURES):
+            ax = axes[row][column]
+            for run in runs:
+                x = [point["updates"] for point in run["curve"]]
+                y = [point[game][key] for point in run["curve"]]
+                ax.plot(x, y, marker="o", markersize=3, color=colours[run["label"]],
+                        linestyle="-" if run["seed"] % 2 == 0 else "--",
+                        label=f"{run['label']} s{run['seed']}")
+            ax.set_xscale("log")
+            ax.set_title(f"{game}: {name.replace('held-out ', '')}", fontsize=9)
+            ax.set_xlabel("updates", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def curves_from_json(paths):
+    runs, games = [], []
+    for path in paths:
+        with open(path) as f:
+            saved = json.load(f)
+        runs += saved["runs"]
+        games += [game for game in saved["games"] if game not in games]
+    return runs, games
+
+
+def saved_runs(args, results):
+    return [{"label": label, "seed": seed, "params": run["params"], "seconds": run["seconds"],
+             "seconds_per_update": run["train"]["seconds_per_update"], "curve": run["curve"]}
+            for label in args.variants for seed, run in zip(args.seeds, results[label])]
+
+
+def save_json(args, argv, results):
+    with open(args.json, "w") as f:
+        json.dump({"argv": sys.argv[1:] if argv is None else list(argv), "games": args.games,
+                   "runs": saved_runs(args, results)}, f, indent=1)
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.from_json:
+        runs, games = curves_from_json(args.from_json)
+        print_curves(runs, games)
+        if args.plot:
+            plot_curves(runs, games, args.plot)
+        return
     torch.set_num_threads(args.threads)
     began = time.perf_counter()
     train_parts, heldout, nonzero = [], {}, {}
@@ -198,10 +313,15 @@ def main(argv=None):
             cfg, wm = build(config_name, overrides, args, seed)
             print(f"seed {seed}: training {label}: {sum(p.numel() for p in wm.parameters()):,} parameters, "
                   f"{args.updates} updates ...", file=sys.stderr, flush=True)
-            run = {"config": cfg, "params": sum(p.numel() for p in wm.parameters()),
-                   "train": train(wm, train_data, batch_starts, args, seed)}
-            run.update({f"eval/{game}": evaluate(wm, heldout[game], args, seed) for game in args.games})
+            trained_at = time.perf_counter()
+            run = {"config": cfg, "params": sum(p.numel() for p in wm.parameters())}
+            run["train"], run["curve"] = train(wm, train_data, batch_starts, heldout, args, seed)
+            run.update({f"eval/{game}": run["curve"][-1][game] for game in args.games})
+            run["seconds"] = time.perf_counter() - trained_at
+            print(f"seed {seed}: {label} done in {run['seconds']:.0f} s", file=sys.stderr, flush=True)
             results[label].append(run)
+            if args.json:  # after every run, so that a job stopped early keeps what it finished
+                save_json(args, argv, results)
 
     first = results[args.variants[0]][0]
     wm_cfg = first["config"].Models.WorldModel
@@ -242,6 +362,11 @@ def main(argv=None):
           f"{max(1, args.updates // 10)} updates. Objective KL: MLP over all tokens, MaskGIT over its masked tokens "
           "only (not comparable); sampling figures: all tokens under the distribution prior.sample() draws from "
           f"(comparable). Perplexity is at most C/unimix; uniform = {wm_cfg.ClassDim}. Skipped updates: {skipped}.")
+    runs = saved_runs(args, results)
+    if len(args.eval_at) > 1:
+        print_curves(runs, args.games)
+    if args.plot:
+        plot_curves(runs, args.games, args.plot)
 
 
 if __name__ == "__main__":
