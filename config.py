@@ -111,6 +111,8 @@ class MaskGitSchema:
     Temperature: float = MISSING
     TrainTarget: str = MISSING
     DotProductLogits: bool = MISSING
+    Conditioning: str = MISSING
+    AllMaskProbability: float = MISSING
 
 
 @dataclass
@@ -156,6 +158,7 @@ CHOICES = {
     "Models.MaskGit.MaskSchedule": ("cosine", "linear"),
     "Models.MaskGit.MaskRounding": ("floor", "ceil"),
     "Models.MaskGit.TrainTarget": ("current", "next"),
+    "Models.MaskGit.Conditioning": ("slice", "full"),
     "BasicSettings.MixedPrecision": ("auto", "bf16", "fp32"),
     "BasicSettings.Resume": ("auto", "fresh"),
     "BasicSettings.AtariProtocol": ("storm", "iris"),

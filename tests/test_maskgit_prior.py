@@ -12,7 +12,8 @@ from sub_models.maskgit import MaskGitPrior, mask_count, random_partition_masks,
 def make_cfg(**overrides):
     cfg = dict(EmbeddingDim=16, NumLayers=1, NumHeads=2, FeedForwardDim=32, Dropout=0.0,
                MaskSchedule="cosine", MinMaskRatio=1.0e-6, MaskRounding="floor", DraftRounds=1, ReviseRounds=1,
-               ReviseRepetitions=1, Temperature=1.0, TrainTarget="current", DotProductLogits=True)
+               ReviseRepetitions=1, Temperature=1.0, TrainTarget="current", DotProductLogits=True,
+               Conditioning="slice", AllMaskProbability=0.0)
     cfg.update(overrides)
     return types.SimpleNamespace(**cfg)
 

@@ -44,6 +44,7 @@ import torch  # noqa: E402
 
 from config import compose_config  # noqa: E402
 from sub_models.functions_losses import categorical_kl  # noqa: E402
+from sub_models.optim import make_adam  # noqa: E402
 from sub_models.world_models import WorldModel  # noqa: E402
 
 VARIANTS = (  # (label, config, overrides)
@@ -53,6 +54,11 @@ VARIANTS = (  # (label, config, overrides)
     ("GIT-STORM next", "GITSTORM", ("Models.MaskGit.TrainTarget=next",)),
     ("GIT-STORM ceil 4/4/2", "GITSTORM", ("Models.MaskGit.MaskRounding=ceil", "Models.MaskGit.DraftRounds=4",
                                            "Models.MaskGit.ReviseRounds=4", "Models.MaskGit.ReviseRepetitions=2")),
+    ("GIT-STORM full h", "GITSTORM", ("Models.MaskGit.Conditioning=full",)),
+    ("GIT-STORM all-mask 0.25", "GITSTORM", ("Models.MaskGit.AllMaskProbability=0.25",)),
+    ("GIT-STORM all-mask 1", "GITSTORM", ("Models.MaskGit.AllMaskProbability=1.0",)),
+    ("GIT-STORM 4 layers x 64", "GITSTORM", ("Models.MaskGit.NumLayers=4", "Models.MaskGit.EmbeddingDim=64",
+                                              "Models.MaskGit.FeedForwardDim=128")),
 )
 NUM_ACTIONS = 18   # the full Atari action set: every game's minimal set maps into it
 TRAIN_FIGURES = ("reconstruction_loss", "reward_loss", "termination_loss", "dynamics_kl", "prior_perplexity")
@@ -77,6 +83,9 @@ def parse_args(argv=None):
     parser.add_argument("--variants", default=None,
                         help="comma-separated labels of VARIANTS to run (default: all)")
     parser.add_argument("--lr", type=float, default=None, help="world-model learning rate (default: the config's)")
+    parser.add_argument("--prior-lr-scale", type=float, default=1.0,
+                        help="the prior head's learning rate = this x the world model's (default 1; labels get "
+                             "' prior lr xS')")
     parser.add_argument("--holdout", type=float, default=0.2, help="fraction of steps held out (default 0.2)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: faster than 2 on a busy 2-core machine)")
@@ -140,7 +149,14 @@ def build(config_name, overrides, args, seed):
     torch.manual_seed(seed)
     device = torch.device(args.device)
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return cfg, WorldModel(cfg.Models, NUM_ACTIONS, discrete_actions=True, use_bf16=use_bf16).to(device)
+    wm = WorldModel(cfg.Models, NUM_ACTIONS, discrete_actions=True, use_bf16=use_bf16).to(device)
+    if args.prior_lr_scale != 1.0:
+        prior = set(wm.prior.parameters())
+        lr = cfg.Models.WorldModel.LearningRate
+        wm.optimizer = make_adam([{"params": [p for p in wm.parameters() if p not in prior]},
+                                  {"params": list(prior), "lr": args.prior_lr_scale * lr}],
+                                 lr, cfg.Models.WorldModel.AdamEps)
+    return cfg, wm
 
 
 def train(wm, data, batch_starts, heldout, args, seed):
@@ -268,7 +284,8 @@ def curves_from_json(paths):
 
 
 def saved_runs(args, results):
-    return [{"label": label, "seed": seed, "params": run["params"], "seconds": run["seconds"],
+    suffix = f" prior lr x{args.prior_lr_scale:g}" if args.prior_lr_scale != 1.0 else ""
+    return [{"label": label + suffix, "seed": seed, "params": run["params"], "seconds": run["seconds"],
              "seconds_per_update": run["train"]["seconds_per_update"], "curve": run["curve"]}
             for label in args.variants for seed, run in zip(args.seeds, results[label])]
 
@@ -335,7 +352,8 @@ def main(argv=None):
               f"({first[f'eval/{game}']['sequences']} disjoint sequences of {args.batch_length})")
     print(f"- training: {args.updates} updates of {args.batch_size} x {args.batch_length} steps per variant and "
           f"seed (seeds {', '.join(map(str, args.seeds))}), the same batches in the same order for every variant; "
-          f"preset {args.preset}, overrides {' '.join(args.override) or 'none'}; lr {wm_cfg.LearningRate:g}; "
+          f"preset {args.preset}, overrides {' '.join(args.override) or 'none'}; lr {wm_cfg.LearningRate:g} "
+          f"(prior x{args.prior_lr_scale:g}); "
           f"K x C = {wm_cfg.CategoricalDim} x {wm_cfg.ClassDim}, D = {wm_cfg.TransformerHiddenDim}"
           + (f"; MaskGIT {mg_cfg.NumLayers} layer(s) x {mg_cfg.EmbeddingDim}, FFN {mg_cfg.FeedForwardDim}"
              if mg_cfg is not None else "")
