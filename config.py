@@ -97,6 +97,7 @@ class WorldModelSchema:
 
 @dataclass
 class MaskGitSchema:
+    Architecture: str = MISSING
     EmbeddingDim: int = MISSING
     NumLayers: int = MISSING
     NumHeads: int = MISSING
@@ -155,6 +156,7 @@ CHOICES = {
     "Models.WorldModel.Prior": ("mlp", "maskgit"),
     "Models.WorldModel.StateMixer": ("concat", "concat_attn", "cross_attn", "unmixed", "ivideogpt"),
     "Models.WorldModel.Latent": ("categorical", "vqvae"),
+    "Models.MaskGit.Architecture": ("standard", "authors"),
     "Models.MaskGit.MaskSchedule": ("cosine", "linear"),
     "Models.MaskGit.MaskRounding": ("floor", "ceil"),
     "Models.MaskGit.TrainTarget": ("current", "next"),

@@ -7,10 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from sub_models.maskgit import MaskGitPrior, mask_count, random_partition_masks, random_subset_masks
+from sub_models.maskgit.transformer import Block, SelfAttention
 
 
 def make_cfg(**overrides):
-    cfg = dict(EmbeddingDim=16, NumLayers=1, NumHeads=2, FeedForwardDim=32, Dropout=0.0,
+    cfg = dict(Architecture="standard", EmbeddingDim=16, NumLayers=1, NumHeads=2, FeedForwardDim=32, Dropout=0.0,
                MaskSchedule="cosine", MinMaskRatio=1.0e-6, MaskRounding="floor", DraftRounds=1, ReviseRounds=1,
                ReviseRepetitions=1, Temperature=1.0, TrainTarget="current", DotProductLogits=True,
                Conditioning="slice", AllMaskProbability=0.0)
@@ -369,3 +370,84 @@ def test_overfits_deterministic_mapping(target):
         z, _ = prior.sample(h[:, 0].repeat(25, 1))
     exact = (z.argmax(-1) == targets[:, 0].repeat(25, 1)).all(-1).float().mean()
     assert exact > 0.8
+
+
+# ---------------------------------------------------------------- Architecture=authors
+
+def test_authors_attention_weights_sum_to_one_over_queries():
+    torch.manual_seed(13)
+    x = torch.randn(3, 5, 8)  # (N, K, E)
+    authors = SelfAttention(8, num_heads=2, dropout=0.0, softmax_over_queries=True)
+    q, k, v = authors.heads(x)
+    weights = authors.attention_weights(q, k)  # (N, H, K_query, K_key)
+    torch.testing.assert_close(weights.sum(-2), torch.ones(3, 2, 5))    # each key's weights over the queries
+    assert (weights.sum(-1) - 1).abs().max() > 0.1                        # not each query's over the keys
+    # the layer mixes the values with exactly these weights: out_i = proj(sum_j w_ij v_j)
+    by_hand = authors.proj((weights @ v).transpose(1, 2).flatten(2))
+    torch.testing.assert_close(authors(x), by_hand)
+    # the standard form is softmax over the keys (what scaled_dot_product_attention computes)
+    standard = SelfAttention(8, num_heads=2, dropout=0.0)
+    standard.load_state_dict(authors.state_dict())
+    torch.testing.assert_close(standard.attention_weights(q, k).sum(-1), torch.ones(3, 2, 5))
+    torch.testing.assert_close(standard(x), standard.proj((standard.attention_weights(q, k) @ v)
+                                                          .transpose(1, 2).flatten(2)))
+
+
+@pytest.mark.parametrize("architecture", ["authors", "standard"])
+def test_authors_layer_has_no_mlp_residual_two_tokens_by_hand(architecture):
+    # E = 2, one head, 2 tokens x_1 = (1, -1), x_2 = (3, 1). Weights: q = k = 0 (all scores 0,
+    # so every weight is 1/2 whichever axis is normalised), v = LN1(x), proj = identity,
+    # both MLP linears identity, no biases. LN of a 2-vector (a, b), a > b, is (1, -1) up to
+    # the eps: (a-b)/2 / sqrt(((a-b)/2)^2 + 1e-5); both tokens give s (1, -1), s = 1/sqrt(1 + 1e-5).
+    # attention: x' = x + mean_j LN1(x_j) = x + s (1, -1):  x'_1 = (1+s, -1-s), x'_2 = (3+s, 1-s)
+    # MLP on LN2(x'), again s' (1, -1) with s' = 1/sqrt(1 + 1e-5 / (1+s)^2) for both tokens:
+    # y = GELU(s' (1, -1)) = (0.841345, -0.158655) (GELU(1) = Phi(1) = 0.841345, GELU(-1) = -0.158655)
+    # authors: the layer returns y; standard: x' + y.
+    block = Block(2, num_heads=1, ffn_dim=2, dropout=0.0, architecture=architecture)
+    with torch.no_grad():
+        for linear in (block.attn.qkv, block.attn.proj, block.mlp[0], block.mlp[2]):
+            linear.bias.zero_()
+        block.attn.qkv.weight.copy_(torch.cat([torch.zeros(4, 2), torch.eye(2)]))
+        block.attn.proj.weight.copy_(torch.eye(2))
+        block.mlp[0].weight.copy_(torch.eye(2))
+        block.mlp[2].weight.copy_(torch.eye(2))
+    x = torch.tensor([[[1.0, -1.0], [3.0, 1.0]]])
+    s = 1 / math.sqrt(1 + 1e-5)
+    y = torch.tensor([[0.841345, -0.158655]] * 2)
+    x_after_attention = torch.tensor([[1 + s, -1 - s], [3 + s, 1 - s]])
+    expected = y if architecture == "authors" else x_after_attention + y
+    torch.testing.assert_close(block(x)[0], expected, atol=2e-5, rtol=0)
+
+
+def test_authors_parameter_count_at_paper_size():
+    # The authors' MaskGit at paper size (configs: VocabSize 32, VocabDim = EmbedDim 128, 8 heads,
+    # 4 layers, MlpDim ignored; cond = h split into 32 slices of 512/32 = 16), as their code builds it:
+    #   token_embed            33 x 128                                   =   4,224
+    #   fc_in                  (128 + 16) x 128 + 128                     =  18,560
+    #   position biases        32 x 128                                   =   4,096
+    #   per layer: 2 LNs 2 x 256; 8 heads of q, k, v Linear(128, 16): 8 x 3 x 2,064 = 49,536;
+    #              projector 128 x 128 + 128 = 16,512; MLP 2 x 16,512 = 33,024  -> 99,584, x 4 = 398,336
+    #   fc_out 16,512 + layer_norm 256                                    =  16,768
+    #   MlmLayer: fc 16,512 + ln 256 + bias 32                            =  16,800
+    #   total                                                             = 458,784
+    prior = make_prior(hidden_dim=512, num_variables=32, num_classes=32, Architecture="authors",
+                       EmbeddingDim=128, NumLayers=4, NumHeads=8, FeedForwardDim=1024)
+    assert sum(p.numel() for p in prior.parameters()) == 458_784
+
+
+def test_authors_mixes_uniform_twice_in_the_loss_once_at_sampling():
+    B, T, K, C, unimix = 1, 2, 4, 5, 0.5  # a large mix, so one more mix shows clearly
+    torch.manual_seed(14)
+    prior = make_prior(num_variables=K, num_classes=C, unimix=unimix, Architecture="authors")
+    mask = torch.ones(B * T, K, dtype=torch.bool)  # all [MASK]: the same input as sampling's one pass
+    prior.training_mask = lambda num_samples, device: mask
+    h = torch.randn(B, T, 16)
+    z = one_hot(torch.randint(0, C, (B, T, K)), C)
+    out = prior.kl_terms(h, z, z, torch.log_softmax(torch.randn(B, T, K, C), -1))
+    _, sampled_from = prior.sample(h.flatten(0, 1))
+    once = sampled_from.exp().unflatten(0, (B, T))
+    # mixing p with the uniform twice: (1-u) ((1-u) p + u/C) + u/C
+    torch.testing.assert_close(out.prior_logits.exp(), (1 - unimix) * once + unimix / C)
+    # the raw head's probabilities mixed once give what sampling draws from
+    raw = torch.softmax(prior.log_probs(h.flatten(0, 1), torch.full((B * T, K), C)), -1)
+    torch.testing.assert_close(sampled_from.exp(), raw)

@@ -253,9 +253,10 @@ def test_reconstruction_reward_termination_losses_by_hand():
     assert m["world_model/termination_loss"].item() == pytest.approx(1.203192, abs=1e-5)
 
 
-@pytest.mark.parametrize("prior", PRIORS)
-def test_loss_figures_finite_and_backward(prior):
-    wm = tiny_world_model(prior)
+@pytest.mark.parametrize("prior, overrides", [("mlp", ()), ("maskgit", ()),
+                                               ("maskgit", ("Models.MaskGit.Architecture=authors",))])
+def test_loss_figures_finite_and_backward(prior, overrides):
+    wm = tiny_world_model(prior, *overrides)
     torch.manual_seed(2)
     B, T = 2, 5
     obs = torch.randint(0, 256, (B, T, 64, 64, 3), dtype=torch.uint8)

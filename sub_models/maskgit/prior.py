@@ -3,7 +3,8 @@
 z is K categorical variables with C classes; each variable is a token over a vocabulary of C
 (plus one [MASK] id, C). A small bidirectional transformer reads h_t, split into K slices, one
 per token, together with a partly masked token sequence and predicts a categorical for every
-position.
+position. `Architecture=authors` swaps in the authors' transformer, head and double unimix in
+the loss (transformer.py).
 
 Training (`kl_terms`): per sample draw r ~ U(0, 1), mask n = max(1, round(schedule(r) * K))
 random positions of the input tokens and count the dynamics / representation KL against the
@@ -36,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sub_models.functions_losses import unimix_logits
-from sub_models.maskgit.transformer import BidirectionalTransformer
+from sub_models.maskgit.transformer import ARCHITECTURES, BidirectionalTransformer
 from sub_models.priors import PriorHead, PriorKL, kl_pair
 
 MASK_SCHEDULES = ("cosine", "linear")
@@ -105,6 +106,8 @@ class MaskGitPrior(PriorHead):
             raise ValueError(f"Models.MaskGit.MaskSchedule={cfg.MaskSchedule!r}: expected one of {MASK_SCHEDULES}")
         if cfg.MaskRounding not in MASK_ROUNDINGS:
             raise ValueError(f"Models.MaskGit.MaskRounding={cfg.MaskRounding!r}: expected one of {MASK_ROUNDINGS}")
+        if cfg.Architecture not in ARCHITECTURES:
+            raise ValueError(f"Models.MaskGit.Architecture={cfg.Architecture!r}: expected one of {ARCHITECTURES}")
         if cfg.TrainTarget not in TRAIN_TARGETS:
             raise ValueError(f"Models.MaskGit.TrainTarget={cfg.TrainTarget!r}: expected one of {TRAIN_TARGETS}")
         for name, low in (("DraftRounds", 1), ("ReviseRounds", 1), ("ReviseRepetitions", 0)):
@@ -120,7 +123,8 @@ class MaskGitPrior(PriorHead):
         self.num_variables, self.num_classes, self.unimix = num_variables, num_classes, unimix
         self.mask_id = num_classes
         self.schedule, self.min_mask_ratio, self.mask_rounding = cfg.MaskSchedule, cfg.MinMaskRatio, cfg.MaskRounding
-        self.train_target, self.all_mask_probability = cfg.TrainTarget, cfg.AllMaskProbability
+        self.train_target, self.architecture = cfg.TrainTarget, cfg.Architecture
+        self.all_mask_probability = cfg.AllMaskProbability
         # slice (paper, authors): token k reads the k-th D/K slice of h_t; full: every token reads all of h_t
         self.full_conditioning = cfg.Conditioning == "full"
         self.draft_rounds, self.revise_rounds = cfg.DraftRounds, cfg.ReviseRounds
@@ -133,8 +137,13 @@ class MaskGitPrior(PriorHead):
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         self.input_proj = nn.Linear(dim + (hidden_dim if self.full_conditioning else hidden_dim // num_variables), dim)
         self.position_bias = nn.Parameter(0.02 * torch.randn(num_variables, dim))
-        self.transformer = BidirectionalTransformer(dim, cfg.NumLayers, cfg.NumHeads, cfg.FeedForwardDim, cfg.Dropout)
-        self.output_head = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim))
+        self.transformer = BidirectionalTransformer(dim, cfg.NumLayers, cfg.NumHeads, cfg.FeedForwardDim, cfg.Dropout,
+                                                    cfg.Architecture)
+        # Linear + GELU + LN (the authors' MlmLayer); their Transformer ends with one more of
+        # the same (fc_out, GELU, layer_norm) where the standard form has its final LayerNorm
+        head_layers = 2 if cfg.Architecture == "authors" else 1
+        self.output_head = nn.Sequential(*(module for _ in range(head_layers)
+                                           for module in (nn.Linear(dim, dim), nn.GELU(), nn.LayerNorm(dim))))
         if cfg.DotProductLogits:
             self.logit_bias = nn.Parameter(torch.zeros(num_classes))
             self.class_head = None
@@ -173,6 +182,10 @@ class MaskGitPrior(PriorHead):
         mask = self.training_mask(tokens.shape[0], h.device)  # (B*T, K)
         prior_logits = self.log_probs(h.flatten(0, 1), tokens.masked_fill(mask, self.mask_id))
         prior_logits = prior_logits.unflatten(0, (batch, time))  # (B, T, K, C)
+        if self.architecture == "authors":
+            # their world model mixes the prior's already unimixed output once more before the
+            # KL (world_models.py, `self.dist_head.unimix(z_logits)`); sampling mixes once
+            prior_logits = unimix_logits(prior_logits, self.unimix)
         token_mask = mask.unflatten(0, (batch, time)).float()  # (B, T, K)
         dynamics, representation = kl_pair(posterior_logits_next, prior_logits, token_mask)
         return PriorKL(dynamics, representation, prior_logits, token_mask)
