@@ -54,6 +54,7 @@ VARIANTS = (  # (label, config, overrides)
     ("GIT-STORM next", "GITSTORM", ("Models.MaskGit.TrainTarget=next",)),
     ("GIT-STORM ceil 4/4/2", "GITSTORM", ("Models.MaskGit.MaskRounding=ceil", "Models.MaskGit.DraftRounds=4",
                                            "Models.MaskGit.ReviseRounds=4", "Models.MaskGit.ReviseRepetitions=2")),
+    ("GIT-STORM authors", "GITSTORM", ("Models.MaskGit.Architecture=authors",)),
     ("GIT-STORM full h", "GITSTORM", ("Models.MaskGit.Conditioning=full",)),
     ("GIT-STORM all-mask 0.25", "GITSTORM", ("Models.MaskGit.AllMaskProbability=0.25",)),
     ("GIT-STORM all-mask 1", "GITSTORM", ("Models.MaskGit.AllMaskProbability=1.0",)),
