@@ -160,11 +160,12 @@ def build(config_name, overrides, args, seed):
     return cfg, wm
 
 
-def train(wm, data, batch_starts, heldout, args, seed):
-    """Trains on batch_starts in order; evaluates `heldout` (game -> data) after each of
-    args.eval_at updates. Returns (training figures, curve: [{"updates", game: figures}])."""
+def train(wm, data, batch_starts, heldout, args, seed, curve, evaluated):
+    """Trains on batch_starts in order; after each of args.eval_at updates evaluates `heldout`
+    (game -> data), appends {"updates", game: figures} to `curve` and calls evaluated().
+    Returns the training figures."""
     torch.manual_seed(seed + 1)  # the same masks / samples stream for every variant at the start
-    history, curve, skipped, eval_seconds = [], [], 0, 0.0
+    history, skipped, eval_seconds = [], 0, 0.0
     start = time.perf_counter()
     for updates, starts in enumerate(batch_starts, 1):
         metrics, finite = wm.update(*gather(data, starts, args.batch_length, wm.device))
@@ -174,14 +175,15 @@ def train(wm, data, batch_starts, heldout, args, seed):
             began = time.perf_counter()
             curve.append({"updates": updates, **{game: evaluate(wm, part, args, seed) for game, part in heldout.items()}})
             eval_seconds += time.perf_counter() - began
-            print(f"  {updates} updates: held-out sampling KL " + ", ".join(
+            print(f"  {updates} updates ({time.perf_counter() - start:.0f} s): held-out sampling KL " + ", ".join(
                 f"{game} {curve[-1][game]['sampling_kl']:.3f}" for game in heldout), file=sys.stderr, flush=True)
+            evaluated()
     seconds = time.perf_counter() - start - eval_seconds
     tail = history[-max(1, len(history) // 10):]
     final = {k: sum(h[k] for h in tail) / len(tail) for k in TRAIN_FIGURES}
     final["seconds_per_update"] = seconds / len(batch_starts)
     final["skipped_updates"] = skipped
-    return final, curve
+    return final
 
 
 @torch.no_grad()
@@ -332,13 +334,16 @@ def main(argv=None):
             print(f"seed {seed}: training {label}: {sum(p.numel() for p in wm.parameters()):,} parameters, "
                   f"{args.updates} updates ...", file=sys.stderr, flush=True)
             trained_at = time.perf_counter()
-            run = {"config": cfg, "params": sum(p.numel() for p in wm.parameters())}
-            run["train"], run["curve"] = train(wm, train_data, batch_starts, heldout, args, seed)
+            run = {"config": cfg, "params": sum(p.numel() for p in wm.parameters()), "curve": [], "seconds": None,
+                   "train": {"seconds_per_update": None}}
+            results[label].append(run)
+            # saved after every evaluation, so that a job stopped early keeps the curve so far
+            run["train"] = train(wm, train_data, batch_starts, heldout, args, seed, run["curve"],
+                                 lambda: save_json(args, argv, results) if args.json else None)
             run.update({f"eval/{game}": run["curve"][-1][game] for game in args.games})
             run["seconds"] = time.perf_counter() - trained_at
             print(f"seed {seed}: {label} done in {run['seconds']:.0f} s", file=sys.stderr, flush=True)
-            results[label].append(run)
-            if args.json:  # after every run, so that a job stopped early keeps what it finished
+            if args.json:
                 save_json(args, argv, results)
 
     first = results[args.variants[0]][0]
