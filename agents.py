@@ -48,14 +48,13 @@ def lambda_returns(rewards, continues, values, gamma: float, lam: float, storm_c
 
 
 def percentile(x: torch.Tensor, q: float) -> torch.Tensor:
-    """The q-quantile (0 <= q <= 1) of all entries of x, linearly interpolated between the
-    sorted values at position q * (n - 1): torch.quantile's default, without its host-side
-    input checks and size limit."""
+    """The q-quantile (0 <= q <= 1) of all entries of x as the authors take it (STORM's
+    `percentile`, torch.kthvalue): the k-th smallest value with k = int(q * n), no
+    interpolation; k is at least 1 (theirs fails for q * n < 1). n comes from the shape, so
+    there is no host sync."""
     values = x.flatten().sort().values
-    position = q * (values.numel() - 1)
-    below = int(position)
-    above = min(below + 1, values.numel() - 1)
-    return torch.lerp(values[below], values[above], position - below)
+    kth = max(int(q * values.numel()), 1)
+    return values[kth - 1]
 
 
 class ReturnNormalizer(nn.Module):

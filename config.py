@@ -78,6 +78,7 @@ class WorldModelSchema:
     TransformerNumLayers: int = MISSING
     TransformerNumHeads: int = MISSING
     TransformerFeedForwardDim: int = MISSING
+    TransformerNormEps: float = MISSING
     Dropout: float = MISSING
     HeadHiddenDim: int = MISSING
     RewardBins: int = MISSING

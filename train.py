@@ -279,6 +279,7 @@ class Trainer(RunTrainer):
         next_save = (self.step // train.SaveEverySteps + 1) * train.SaveEverySteps
         next_video = (self.step // train.VideoEverySteps + 1) * train.VideoEverySteps if train.VideoEverySteps else math.inf
         updates, saved_at = 0, None
+        sampling_figures_due = True   # the first world-model update after each log
         timer = self.timer
         try:
             while self.step < train.SampleMaxSteps:
@@ -298,6 +299,9 @@ class Trainer(RunTrainer):
                     if updates % train.TrainDynamicsEverySteps == 0:
                         with timer("world_model_update"):
                             batch = self.buffer.sample(train.BatchSize, train.BatchLength)
+                            if sampling_figures_due:
+                                pending.update(self.sampling_figures(batch))
+                                sampling_figures_due = False
                             self.track(*self.world_model.update(*batch), pending)
                     if updates % train.TrainAgentEverySteps == 0:
                         with timer("imagination_and_agent_update"):
@@ -317,6 +321,7 @@ class Trainer(RunTrainer):
                         pending[f"time/{phase}_ms_per_env_step"] = [torch.tensor(1e3 * seconds / steps)]
                     self.flush(pending, writer)
                     last_log_time, last_log_step = now, self.step
+                    sampling_figures_due = True
                     bar.set_postfix(episode_return=f"{self.last_return:.1f}", episodes=self.episodes)
                 if self.step >= next_video and self.buffer.ready():
                     self.log_video(writer)
@@ -331,14 +336,29 @@ class Trainer(RunTrainer):
             writer.close()
             envs.close()
 
-    @torch.no_grad()
-    def log_video(self, writer: SummaryWriter) -> None:
-        """Imagined rollout (same real actions, open loop) beside the real frames, and reconstructions.
-        Drawn from a generator of its own (seeded by Seed and step), so turning videos on or off
-        leaves the training run's random stream, and so the run, unchanged."""
+    @contextmanager
+    def own_random_stream(self):
+        """Draws inside come from a generator of their own (seeded by Seed and step), so what is
+        drawn only for logging leaves the training run's random stream, and so the run, unchanged."""
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.cfg.BasicSettings.Seed + self.step)
+            yield
+
+    def sampling_figures(self, batch) -> dict[str, list[torch.Tensor]]:
+        """world_model/sampling_kl and sampling_perplexity (WorldModel.sampling_figures) on an
+        update's batch, before the update trains on it: once per log, without gradients, on the
+        device (nothing waits for them until the log)."""
+        obs, actions, _, _ = batch
+        with self.own_random_stream():
+            figures = self.world_model.sampling_figures(obs, actions)
+        return {key: [value] for key, value in figures.items()}
+
+    @torch.no_grad()
+    def log_video(self, writer: SummaryWriter) -> None:
+        """Imagined rollout (same real actions, open loop) beside the real frames, and reconstructions,
+        drawn from a random stream of their own: turning videos on or off leaves the run unchanged."""
+        with self.own_random_stream():
             self._log_video(writer)
 
     def _log_video(self, writer: SummaryWriter) -> None:

@@ -64,13 +64,13 @@ class CausalSelfAttention(nn.Module):
 class TransformerBlock(nn.Module):
     """Post-LN block (table 13): MHSA + residual + LN, then FFN (ReLU) + residual + LN."""
 
-    def __init__(self, dim: int, num_heads: int, feedforward_dim: int, dropout: float):
+    def __init__(self, dim: int, num_heads: int, feedforward_dim: int, dropout: float, norm_eps: float = 1e-6):
         super().__init__()
         self.attention = CausalSelfAttention(dim, num_heads, dropout)
-        self.attention_norm = nn.LayerNorm(dim)
+        self.attention_norm = nn.LayerNorm(dim, eps=norm_eps)
         self.feedforward = nn.Sequential(nn.Linear(dim, feedforward_dim), nn.ReLU(),
                                          nn.Linear(feedforward_dim, dim))
-        self.feedforward_norm = nn.LayerNorm(dim)
+        self.feedforward_norm = nn.LayerNorm(dim, eps=norm_eps)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:

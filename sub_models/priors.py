@@ -4,6 +4,9 @@ The world model never branches on which prior it drives: it asks a prior for
   * `kl_terms(...)` during training: the dynamics and representation KL per step, the
     prior's logits and which tokens the KL counted, and
   * `sample(h)` during imagination and acting: a one-hot z_{t+1} ~ p(. | h_t).
+`sampling_figures(...)` compares any prior with the posterior through `sample` alone, so its
+two figures mean the same for every prior (the training KLs do not: the MaskGIT prior's
+counts only the tokens it masked).
 
 STORM's prior is a single linear layer (MLPPrior, here). GIT-STORM's is a MaskGIT head
 with draft-and-revise sampling (sub_models/maskgit/). `build_prior` picks one from
@@ -50,6 +53,24 @@ class PriorHead(nn.Module, metaclass=abc.ABCMeta):
     @abc.abstractmethod
     def sample(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """h (N, D) -> (one-hot z_{t+1} (N, K, C), the log-probs it was drawn from (N, K, C))."""
+
+    @torch.no_grad()
+    def sampling_figures(self, h: torch.Tensor, posterior_logits_next: torch.Tensor,
+                         z_next: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """How well what imagination draws z_{t+1} from matches the posterior, over all K tokens.
+
+        h (B, T, D) hidden states after step t; posterior_logits_next (B, T, K, C) log-probs of
+        q(z_{t+1} | o_{t+1}); z_next (B, T, K, C) its one-hot sample. p is the distribution
+        `sample(h)` drew each token from (for MaskGIT: the last decoding pass that set it).
+        Returns 0-dim tensors (sampling KL, sampling perplexity):
+          KL[q || p] summed over the K tokens, mean over steps, and
+          exp(mean over steps and tokens of -log p(z_{t+1})), at most C / unimix.
+        """
+        _, log_probs = self.sample(h.flatten(0, -2))
+        log_probs = log_probs.unflatten(0, h.shape[:-1]).float()  # (B, T, K, C)
+        kl = categorical_kl(posterior_logits_next.float(), log_probs).sum(-1).mean()
+        token_nll = -(log_probs * z_next.float()).sum(-1)  # (B, T, K)
+        return kl, token_nll.mean().exp()
 
 
 class MLPPrior(PriorHead):

@@ -14,16 +14,18 @@ from sub_models.state_mixer import build_mixer
 
 class StochasticTransformer(nn.Module):
     def __init__(self, num_variables: int, num_classes: int, action_dim: int, dim: int, num_layers: int,
-                 num_heads: int, feedforward_dim: int, max_length: int, dropout: float, mixer: str = "concat"):
+                 num_heads: int, feedforward_dim: int, max_length: int, dropout: float, mixer: str = "concat",
+                 norm_eps: float = 1e-6):
         super().__init__()
         self.max_length = max_length
         self.mixer = build_mixer(mixer, num_variables, num_classes, action_dim, dim, num_heads)
         # >1 for the unmixed / iVideoGPT inputs (appendix E.4.2): each step is several tokens
         self.tokens_per_step = getattr(self.mixer, "tokens_per_step", 1)
         self.position = nn.Embedding(max_length * self.tokens_per_step, dim)   # learnable w_{1:T} (table 12)
-        self.input_norm = nn.LayerNorm(dim)
+        # eps 1e-6 here and in the blocks' norms, as the authors' (STORM transformer_model.py)
+        self.input_norm = nn.LayerNorm(dim, eps=norm_eps)
         self.blocks = nn.ModuleList(
-            TransformerBlock(dim, num_heads, feedforward_dim, dropout) for _ in range(num_layers))
+            TransformerBlock(dim, num_heads, feedforward_dim, dropout, norm_eps) for _ in range(num_layers))
 
     def start_cache(self, batch: int, device, dtype=torch.float32) -> list[LayerCache]:
         return [block.attention.empty_cache(batch, self.max_length * self.tokens_per_step, device, dtype)

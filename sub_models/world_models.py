@@ -8,7 +8,8 @@
     o_t <--Decoder-- z_t               reconstruction
 
 `WorldModel.loss` is the training objective, `update` one optimiser step, `imagine` the
-rollout the agent learns from, `act_state` what the policy sees while acting.
+rollout the agent learns from, `act_state` what the policy sees while acting,
+`sampling_figures` the prior's like-for-like figures (logged once per log).
 """
 from contextlib import nullcontext
 from typing import Callable, NamedTuple
@@ -107,7 +108,8 @@ class WorldModel(nn.Module):
         self.decoder = Decoder(wm.InChannels, wm.EncoderBaseChannels, wm.EncoderStages, wm.CategoricalDim, wm.ClassDim)
         self.sequence_model = StochasticTransformer(
             wm.CategoricalDim, wm.ClassDim, action_dim, wm.TransformerHiddenDim, wm.TransformerNumLayers,
-            wm.TransformerNumHeads, wm.TransformerFeedForwardDim, wm.TransformerMaxLength, wm.Dropout, wm.StateMixer)
+            wm.TransformerNumHeads, wm.TransformerFeedForwardDim, wm.TransformerMaxLength, wm.Dropout, wm.StateMixer,
+            wm.TransformerNormEps)
         self.prior = build_prior(wm, models_cfg.MaskGit)
         self.reward_head = mlp_head(wm.TransformerHiddenDim, wm.HeadHiddenDim, wm.RewardBins)
         self.termination_head = mlp_head(wm.TransformerHiddenDim, wm.HeadHiddenDim, 1)
@@ -210,6 +212,18 @@ class WorldModel(nn.Module):
             h = self.sequence_model(latents, self.action_input(actions))[:, -1]
             z_next, _ = self.prior.sample(h)
         return z_next.flatten(-2).float(), h.float()
+
+    @torch.no_grad()
+    def sampling_figures(self, obs: torch.Tensor, actions: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The prior's like-for-like figures on sequences obs (B, T, H, W, 3), actions (B, T[, A]),
+        in eval mode: posterior of z_{t+1} against what `prior.sample(h_t)` draws it from, over
+        all K tokens (PriorHead.sampling_figures). Comparable across priors, unlike dynamics_kl."""
+        self.eval()
+        with autocast_for(self.device, self.use_bf16):
+            posterior_logits, z = self.encode(obs)                     # (B, T, K, C)
+            h = self.sequence_model(z, self.action_input(actions))      # (B, T, D)
+            kl, perplexity = self.prior.sampling_figures(h[:, :-1], posterior_logits[:, 1:], z[:, 1:])
+        return {"world_model/sampling_kl": kl, "world_model/sampling_perplexity": perplexity}
 
     @torch.no_grad()
     def encode_sample(self, obs: torch.Tensor) -> torch.Tensor:

@@ -96,25 +96,28 @@ def test_lambda_returns_paper_constants_batched():
 
 
 # ----------------------------------------------------------------------------- return normaliser
-def test_percentile_interpolates_linearly_like_torch_quantile():
-    # Linear interpolation at position q*(n-1): for [0, 10], P5 = 0.05*10 = 0.5, P95 = 9.5.
+def test_percentile_is_the_kth_smallest_with_k_int_qn_as_the_authors():
+    # k-th smallest (1-based), k = int(q n), no interpolation. [0, 10]: P5: int(0.1) = 0 -> at
+    # least 1 -> 0; P95: int(1.9) = 1 -> 0 (interpolation would give 0.5 and 9.5); P100: 10.
     x = torch.tensor([10.0, 0.0])
-    assert percentile(x, 0.05).item() == pytest.approx(0.5, abs=1e-6)
-    assert percentile(x, 0.95).item() == pytest.approx(9.5, abs=1e-6)
-    # [0, 1, 4, 9, 16]: q = 0.3 -> position 1.2 -> 1 + 0.2*(4 - 1) = 1.6; q = 1 -> 16; q = 0 -> 0
+    assert percentile(x, 0.05).item() == 0.0 and percentile(x, 0.95).item() == 0.0
+    assert percentile(x, 1.0).item() == 10.0
+    # [0, 1, 4, 9, 16]: q = 0.3 -> int(1.5) = 1 -> 0; q = 0.5 -> 2 -> 1; q = 0.95 -> int(4.75) = 4 -> 9
     y = torch.tensor([16.0, 1.0, 9.0, 0.0, 4.0])
-    assert percentile(y, 0.3).item() == pytest.approx(1.6, abs=1e-6)
-    assert percentile(y, 1.0).item() == 16.0 and percentile(y, 0.0).item() == 0.0
-    z = torch.randn(7, 11, generator=torch.Generator().manual_seed(0))
+    assert [percentile(y, q).item() for q in (0.0, 0.3, 0.5, 0.95, 1.0)] == [0.0, 0.0, 1.0, 9.0, 16.0]
+    # 56 values 0..55: P5 -> int(2.8) = 2 -> 1; P95 -> int(53.2) = 53 -> 52 (spread 51; torch.quantile: 49.5)
+    z = torch.arange(56.0)[torch.randperm(56, generator=torch.Generator().manual_seed(0))].reshape(7, 8)
+    assert percentile(z, 0.05).item() == 1.0 and percentile(z, 0.95).item() == 52.0
+    w = torch.randn(7, 11, generator=torch.Generator().manual_seed(0))
     for q in (0.05, 0.5, 0.95):
-        assert percentile(z, q).item() == pytest.approx(torch.quantile(z.flatten(), q).item(), abs=1e-6)
+        assert percentile(w, q).item() == torch.kthvalue(w.flatten(), int(q * 77)).values.item()
 
 
 def test_return_normalizer_known_batch():
     norm = ReturnNormalizer(decay=0.99, low_percentile=5, high_percentile=95)
     assert norm.scale.item() == 0.0
-    # 0, 1, ..., 100 (101 values, shuffled into a (B, H) batch): P5 at position 0.05*100 = 5 -> 5,
-    # P95 at 95 -> 95, spread 90.
+    # 0, 1, ..., 100 (101 values, shuffled into a (B, H) batch): P5 is the int(5.05) = 5th smallest,
+    # 4, P95 the int(95.95) = 95th smallest, 94: spread 90.
     order = torch.randperm(101, generator=torch.Generator().manual_seed(0))
     returns = torch.arange(101.0)[order].reshape(1, 101)
 
@@ -295,10 +298,10 @@ def test_discrete_loss_hand_computed():
     constant_head(agent.slow_critic, torch.zeros(agent.cfg.CriticBins))
     imagined = rollout(batch=1, rewards=torch.tensor([[1.0, 2.0, 3.0]]), terminations=torch.tensor([[0.0, 1.0, 0.0]]))
     total, m = agent.loss(imagined)
-    # G = [1.5, 2, 3] (test_critic_targets). Percentiles of 3 values at positions q*(3-1):
-    # P5 = 1.5 + 0.1*0.5 = 1.55, P95 = 2 + 0.9*1 = 2.9, spread 1.35 -> scale 0.01*1.35 = 0.0135,
-    # divisor max(1, .) = 1, so advantage = G - V = [1.5, 2, 3].
-    assert m["agent/return_scale"].item() == pytest.approx(0.0135, abs=1e-6)
+    # G = [1.5, 2, 3] (test_critic_targets). Percentiles of 3 values, the k-th smallest with
+    # k = int(3 q): P5 -> k = max(int(0.15), 1) = 1 -> 1.5, P95 -> int(2.85) = 2 -> 2; spread 0.5
+    # -> scale 0.01*0.5 = 0.005, divisor max(1, .) = 1, so advantage = G - V = [1.5, 2, 3].
+    assert m["agent/return_scale"].item() == pytest.approx(0.005, abs=1e-6)
     # log pi(a) = -ln 2 for every action: policy loss = ln2 * mean(1.5, 2, 3) = ln2 * 13/6
     assert m["agent/policy_loss"].item() == pytest.approx(math.log(2) * 13 / 6, abs=1e-5)
     assert m["agent/entropy"].item() == pytest.approx(math.log(2), abs=1e-6)

@@ -93,6 +93,18 @@ def test_rem_config_defaults_and_errors():
 # --------------------------------------------------------------------------- tokenizer
 
 
+def test_tokenizer_group_norms_use_rems_eps():
+    # Every GroupNorm of the encoder and decoder, on a 2x2 map of +-1e-3 per channel (a checker
+    # board): every group has mean 0 and variance 1e-6, so GN gives +-1e-3 / sqrt(1e-6 + eps):
+    # 1/sqrt(2) = 0.70711 at REM's eps 1e-6, 0.30151 at PyTorch's default 1e-5.
+    tok = Tokenizer(config("+preset=rem_cpu").Models.Tokenizer)
+    norms = [m for m in tok.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert len(norms) == 2 * (tok.cfg.DownsampleSteps + 1)
+    for norm in norms:
+        checker = 1e-3 * torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).expand(1, norm.num_channels, 2, 2)
+        torch.testing.assert_close(norm(checker), checker.sign() / math.sqrt(2), atol=1e-5, rtol=0)
+
+
 def test_quantiser_picks_the_nearest_row_exactly_in_row_major_order():
     tok = Tokenizer(config("+preset=rem_cpu").Models.Tokenizer)
     with torch.no_grad():

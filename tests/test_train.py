@@ -69,10 +69,13 @@ def test_cli_dry_run_writes_events_and_checkpoints(tmp_path, config_args):
     accumulator.Reload()
     scalars = set(accumulator.Tags()["scalars"])
     for tag in ("world_model/reconstruction_loss", "world_model/dynamics_kl", "world_model/prior_perplexity",
+                "world_model/sampling_kl", "world_model/sampling_perplexity",
                 "agent/policy_loss", "agent/entropy", "agent/return_scale", "time/env_steps_per_second",
                 "time/acting_ms_per_env_step", "time/env_ms_per_env_step", "time/world_model_update_ms_per_env_step",
                 "time/imagination_and_agent_update_ms_per_env_step", "health/skipped_updates"):
         assert tag in scalars
+    # the like-for-like prior figures: one value per log, as every other figure
+    assert len(accumulator.Scalars("world_model/sampling_kl")) == len(accumulator.Scalars("world_model/dynamics_kl"))
 
     weights = torch.load(checkpoints / "weights_60.pt", weights_only=False)
     expected_prior = "maskgit" if config_args else "mlp"
@@ -198,7 +201,7 @@ def test_config_error_is_one_clear_line_and_exit_status_2(tmp_path):
     assert "Traceback" not in result.stderr and "HYDRA_FULL_ERROR" not in result.stderr
 
 
-def test_videos_do_not_change_the_training_random_stream(tmp_path):
+def test_videos_and_sampling_figures_do_not_change_the_training_random_stream(tmp_path):
     from config import compose_config
     from train import Trainer
     from torch.utils.tensorboard import SummaryWriter
@@ -209,8 +212,11 @@ def test_videos_do_not_change_the_training_random_stream(tmp_path):
     obs = torch.randint(0, 256, (1, 64, 64, 3), dtype=torch.uint8)
     for _ in range(40):
         trainer.buffer.append(obs, torch.zeros(1, dtype=torch.long), torch.zeros(1), torch.zeros(1))
+    batch = trainer.buffer.sample(2, 8)
     before = torch.get_rng_state()
     with SummaryWriter(str(tmp_path / "runs" / "video")) as writer:
         trainer.log_video(writer)
+    figures = trainer.sampling_figures(batch)
     assert torch.equal(torch.get_rng_state(), before)
+    assert figures["world_model/sampling_kl"][0] >= 0 and figures["world_model/sampling_perplexity"][0] >= 1
     trainer.envs.close()

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from config import compose_config  # noqa: E402
 from sub_models.functions_losses import (SymlogTwoHot, categorical_kl,  # noqa: E402
                                          sample_one_hot_straight_through, symexp, symlog, unimix_logits)
-from sub_models.priors import PriorKL, kl_pair  # noqa: E402
+from sub_models.priors import MLPPrior, PriorKL, kl_pair  # noqa: E402
 from sub_models.state_mixer import MIXERS  # noqa: E402
 from sub_models.transformer_model import StochasticTransformer  # noqa: E402
 from sub_models.world_models import Decoder, Encoder, WorldModel  # noqa: E402
@@ -275,6 +275,59 @@ def test_loss_figures_finite_and_backward(prior, overrides):
     assert finite and torch.isfinite(metrics["world_model/grad_norm"])
 
 
+def test_sampling_figures_by_hand_mlp_prior():
+    # K = 2 tokens of C = 2 classes, no unimix, the head a constant: p_1 = (0.5, 0.5), p_2 = (0.8, 0.2).
+    # Posterior q_1 = (0.5, 0.5), q_2 = (0.2, 0.8); its sample z = (class 0, class 1).
+    # KL = KL(q_1 || p_1) + KL(q_2 || p_2) = 0 + 0.2 ln(0.2/0.8) + 0.8 ln(0.8/0.2) = 0.6 ln 4 = 0.831777
+    # perplexity = exp(mean(-ln 0.5, -ln 0.2)) = exp(ln 10 / 2) = sqrt(10) = 3.162278
+    prior = MLPPrior(hidden_dim=1, num_variables=2, num_classes=2, unimix=0.0)
+    with torch.no_grad():
+        prior.head.weight.zero_()
+        prior.head.bias.copy_(torch.tensor([0.5, 0.5, 0.8, 0.2]).log())
+    h = torch.randn(3, 4, 1)  # (B, T, D): every step gets the same p
+    posterior = torch.tensor([[0.5, 0.5], [0.2, 0.8]]).log().expand(3, 4, 2, 2)
+    z = F.one_hot(torch.tensor([0, 1]), 2).float().expand(3, 4, 2, 2)
+    kl, perplexity = prior.sampling_figures(h, posterior, z)
+    assert kl.item() == pytest.approx(0.6 * math.log(4), abs=1e-6)
+    assert perplexity.item() == pytest.approx(math.sqrt(10), abs=1e-5)
+
+
+def test_sampling_figures_of_the_maskgit_prior_count_all_tokens_of_its_all_mask_pass():
+    # At T_draft = T_revise = M = 1 sampling is one pass over all [MASK]: p is that pass's
+    # distribution for every one of the K tokens (the training KL would count the masked ones only).
+    wm = tiny_world_model("maskgit")
+    K, C = wm.num_variables, wm.num_classes
+    torch.manual_seed(3)
+    h = torch.randn(2, 3, wm.cfg.TransformerHiddenDim)
+    posterior = torch.log_softmax(2.0 * torch.randn(2, 3, K, C), -1)
+    z = random_one_hot(2, 3, K, num_classes=C)
+    kl, perplexity = wm.prior.sampling_figures(h, posterior, z)
+    with torch.no_grad():
+        p = wm.prior.log_probs(h.flatten(0, 1), torch.full((6, K), C)).unflatten(0, (2, 3))  # (B, T, K, C)
+    by_hand = (posterior.exp() * (posterior - p)).sum((-1, -2)).mean()
+    torch.testing.assert_close(kl, by_hand)
+    torch.testing.assert_close(perplexity, (-(p * z).sum(-1)).mean().exp())
+
+
+def test_world_model_sampling_figures_in_eval_mode_on_the_batch():
+    wm = tiny_world_model("mlp")
+    torch.manual_seed(4)
+    obs = torch.randint(0, 256, (2, 5, 64, 64, 3), dtype=torch.uint8)
+    actions = torch.randint(0, 18, (2, 5))
+    torch.manual_seed(5)
+    figures = wm.sampling_figures(obs, actions)
+    wm.eval()  # dropout off, BatchNorm on its running statistics: the model imagination uses
+    torch.manual_seed(5)
+    with torch.no_grad():
+        posterior, z = wm.encode(obs)
+        p = wm.prior.logits(wm.sequence_model(z, wm.action_input(actions))[:, :-1])
+    assert sorted(figures) == ["world_model/sampling_kl", "world_model/sampling_perplexity"]
+    torch.testing.assert_close(figures["world_model/sampling_kl"], categorical_kl(posterior[:, 1:], p).sum(-1).mean())
+    torch.testing.assert_close(figures["world_model/sampling_perplexity"],
+                               (-(p * z[:, 1:]).sum(-1)).mean().exp())
+    assert not figures["world_model/sampling_kl"].requires_grad
+
+
 # --------------------------------------------------------------------------- KV cache
 
 
@@ -334,6 +387,19 @@ def test_sequence_model_is_causal_with_and_without_cache():
             h, h2 = forward(z), forward(z2)
             assert torch.allclose(h[:, :6], h2[:, :6], atol=1e-6)  # steps before 6 do not see it
             assert (h[:, 6:] - h2[:, 6:]).abs().amax(-1).min() > 1e-4  # steps 6.. all do
+
+
+def test_sequence_model_layer_norms_use_the_authors_eps():
+    # The input norm and each block's two post-norms, built from the config: a 64-wide vector of
+    # +-1e-3 has mean 0 and variance 1e-6, so LN gives +-1e-3 / sqrt(1e-6 + eps):
+    # 1/sqrt(2) = 0.70711 at the authors' eps 1e-6, 1e-3/sqrt(1.1e-5) = 0.30151 at PyTorch's 1e-5.
+    model = tiny_world_model().sequence_model
+    x = 1e-3 * torch.tensor([1.0, -1.0]).repeat(32)
+    norms = [model.input_norm] + [norm for block in model.blocks
+                                  for norm in (block.attention_norm, block.feedforward_norm)]
+    assert len(norms) == 3
+    for norm in norms:
+        torch.testing.assert_close(norm(x), x.sign() / math.sqrt(2), atol=1e-5, rtol=0)
 
 
 def test_sequence_model_rejects_too_long_sequences():
@@ -535,6 +601,7 @@ def test_updates_never_sync_with_the_host(prior):
     with mock.patch.multiple(torch.Tensor, **{name: _forbidden(name) for name in names}):
         _, wm_finite = wm.update(obs, actions, torch.randn(2, 6), torch.zeros(2, 6))
         _, agent_finite = agent.update(wm.imagine(obs, actions, agent.policy, 4))
+        wm.sampling_figures(obs, actions)   # once per log, on the device too
     assert bool(wm_finite) and bool(agent_finite)
 
 

@@ -49,6 +49,7 @@ class TokenizerSchema:
     BaseChannels: int = MISSING
     DownsampleSteps: int = MISSING
     NormGroups: int = MISSING
+    NormEps: float = MISSING
     VocabSize: int = MISSING
     EmbedDim: int = MISSING
     CommitmentBeta: float = MISSING

@@ -3,6 +3,7 @@
 REM_SPEC.md section 3 (REM's `SimpleEncoder` / `SimpleDecoder`, `Tokenizer`):
 
     x = 2 * obs/255 - 1
+    GN: GroupNorm with g groups and eps 1e-6 (REM's `Normalize`; PyTorch's default is 1e-5)
     encoder: Conv3x3 3->C | per down step (C -> 2C): GN(g, C), SiLU, zero-pad (0,1,0,1), Conv3x3 s2 C->2C,
              Conv3x3 2C->2C | GN(g, 256), SiLU, Conv3x3 256->256 | pre-quant Conv1x1 256->256
     quantiser: z_k = argmin_i ||h_k - e_i||^2 per grid cell, tokens in row-major (h, w) order;
@@ -51,9 +52,9 @@ def conv3x3(c_in: int, c_out: int) -> nn.Conv2d:
 class DownBlock(nn.Module):
     """GN -> SiLU -> zero-pad right/bottom + Conv3x3 stride 2 (C -> 2C) -> Conv3x3 (2C -> 2C)."""
 
-    def __init__(self, channels: int, groups: int):
+    def __init__(self, channels: int, groups: int, eps: float):
         super().__init__()
-        self.norm = nn.GroupNorm(groups, channels)
+        self.norm = nn.GroupNorm(groups, channels, eps)
         self.down = nn.Conv2d(channels, 2 * channels, 3, stride=2)
         self.conv = conv3x3(2 * channels, 2 * channels)
 
@@ -64,9 +65,9 @@ class DownBlock(nn.Module):
 class UpBlock(nn.Module):
     """GN -> SiLU -> nearest x2 -> Conv3x3 (C -> C/2) -> Conv3x3 (C/2 -> C/2)."""
 
-    def __init__(self, channels: int, groups: int):
+    def __init__(self, channels: int, groups: int, eps: float):
         super().__init__()
-        self.norm = nn.GroupNorm(groups, channels)
+        self.norm = nn.GroupNorm(groups, channels, eps)
         self.conv1 = conv3x3(channels, channels // 2)
         self.conv2 = conv3x3(channels // 2, channels // 2)
 
@@ -76,12 +77,12 @@ class UpBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-    def __init__(self, in_channels: int, base_channels: int, steps: int, groups: int, embed_dim: int):
+    def __init__(self, in_channels: int, base_channels: int, steps: int, groups: int, eps: float, embed_dim: int):
         super().__init__()
         top = base_channels * 2 ** steps
         self.in_conv = conv3x3(in_channels, base_channels)
-        self.down = nn.Sequential(*(DownBlock(base_channels * 2 ** i, groups) for i in range(steps)))
-        self.out_norm = nn.GroupNorm(groups, top)
+        self.down = nn.Sequential(*(DownBlock(base_channels * 2 ** i, groups, eps) for i in range(steps)))
+        self.out_norm = nn.GroupNorm(groups, top, eps)
         self.out_conv = conv3x3(top, embed_dim)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -89,12 +90,12 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, out_channels: int, base_channels: int, steps: int, groups: int, embed_dim: int):
+    def __init__(self, out_channels: int, base_channels: int, steps: int, groups: int, eps: float, embed_dim: int):
         super().__init__()
         top = base_channels * 2 ** steps
         self.in_conv = conv3x3(embed_dim, top)
-        self.up = nn.Sequential(*(UpBlock(top // 2 ** i, groups) for i in range(steps)))
-        self.out_norm = nn.GroupNorm(groups, base_channels)
+        self.up = nn.Sequential(*(UpBlock(top // 2 ** i, groups, eps) for i in range(steps)))
+        self.out_norm = nn.GroupNorm(groups, base_channels, eps)
         self.out_conv = conv3x3(base_channels, out_channels)
 
     def forward(self, z: Tensor) -> Tensor:
@@ -108,12 +109,14 @@ class Tokenizer(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.vocab_size, self.embed_dim = cfg.VocabSize, cfg.EmbedDim
-        self.encoder = Encoder(cfg.InChannels, cfg.BaseChannels, cfg.DownsampleSteps, cfg.NormGroups, cfg.EmbedDim)
+        self.encoder = Encoder(cfg.InChannels, cfg.BaseChannels, cfg.DownsampleSteps, cfg.NormGroups, cfg.NormEps,
+                               cfg.EmbedDim)
         self.pre_quant_conv = nn.Conv2d(cfg.EmbedDim, cfg.EmbedDim, 1)
         self.embedding = nn.Embedding(cfg.VocabSize, cfg.EmbedDim)
         nn.init.uniform_(self.embedding.weight, -1.0 / cfg.VocabSize, 1.0 / cfg.VocabSize)
         self.post_quant_conv = nn.Conv2d(cfg.EmbedDim, cfg.EmbedDim, 1)
-        self.decoder = Decoder(cfg.InChannels, cfg.BaseChannels, cfg.DownsampleSteps, cfg.NormGroups, cfg.EmbedDim)
+        self.decoder = Decoder(cfg.InChannels, cfg.BaseChannels, cfg.DownsampleSteps, cfg.NormGroups, cfg.NormEps,
+                               cfg.EmbedDim)
         self.optimizer = torch.optim.AdamW(self.parameters(), lr=cfg.LearningRate, weight_decay=cfg.WeightDecay,
                                            fused=True)   # fused: guarded_step skips on the device
 
