@@ -43,7 +43,6 @@ if REPO_ROOT not in sys.path:
 import torch  # noqa: E402
 
 from config import compose_config  # noqa: E402
-from sub_models.functions_losses import categorical_kl  # noqa: E402
 from sub_models.optim import make_adam  # noqa: E402
 from sub_models.world_models import WorldModel  # noqa: E402
 
@@ -202,19 +201,14 @@ def _evaluate(wm, data, args, seed):
     torch.manual_seed(seed + 2)
     _, objective = wm.loss(obs, actions, rewards, terminations)
     torch.manual_seed(seed + 3)
-    posterior, z = wm.encode(obs)                                   # (B, T, K, C)
-    h = wm.sequence_model(z, wm.action_input(actions))              # (B, T, D)
-    _, sample_log_probs = wm.prior.sample(h[:, :-1].flatten(0, 1))  # what imagination draws z_{t+1} from
-    sample_log_probs = sample_log_probs.unflatten(0, h[:, :-1].shape[:2]).float()
-    sampling_kl = categorical_kl(posterior[:, 1:], sample_log_probs).sum(-1).mean()
-    sampling_nll = -(sample_log_probs * z[:, 1:]).sum(-1).mean()
+    sampling = wm.sampling_figures(obs, actions)  # against what imagination draws z_{t+1} from
     return {
         "sequences": n,
         "reconstruction_loss": objective["world_model/reconstruction_loss"].item(),
         "reward_loss": objective["world_model/reward_loss"].item(),
         "dynamics_kl": objective["world_model/dynamics_kl"].item(),
-        "sampling_kl": sampling_kl.item(),
-        "sampling_perplexity": math.exp(sampling_nll.item()),
+        "sampling_kl": sampling["world_model/sampling_kl"].item(),
+        "sampling_perplexity": sampling["world_model/sampling_perplexity"].item(),
     }
 
 
