@@ -242,25 +242,34 @@ def print_curves(runs, games):
 
 
 def plot_curves(runs, games, path):
-    """One column per game, rows: sampling KL and perplexity vs updates (log x); one colour per
-    variant, one line per seed."""
+    """One column per game; rows: sampling KL (log y), perplexity, and each run's sampling KL
+    over the first variant's at the same seed and update count (1 = equal), all vs updates
+    (log x); one colour per variant, solid / dashed lines for even / odd seeds."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     labels = list(dict.fromkeys(run["label"] for run in runs))
     colours = {label: plt.get_cmap("tab10")(i % 10) for i, label in enumerate(labels)}
-    fig, axes = plt.subplots(len(CURVE_FIGURES), len(games), figsize=(4.5 * len(games), 6.5), squeeze=False)
+    reference = {(run["seed"], point["updates"]): point for run in runs if run["label"] == labels[0]
+                 for point in run["curve"]}
+    fig, axes = plt.subplots(3, len(games), figsize=(4.5 * len(games), 9), squeeze=False)
     for column, game in enumerate(games):
-        for row, (key, name) in enumerate(CURVE_FIGURES):
+        panels = [(key, name.replace("held-out ", ""), lambda run, point, k=key: point[game][k])
+                  for key, name in CURVE_FIGURES]
+        panels.append(("ratio", f"sampling KL / {labels[0]}'s (same seed)",
+                       lambda run, point: point[game]["sampling_kl"]
+                       / reference[run["seed"], point["updates"]][game]["sampling_kl"]))
+        for row, (key, title, pick) in enumerate(panels):
             ax = axes[row][column]
             for run in runs:
-                x = [point["updates"] for point in run["curve"]]
-                y = [point[game][key] for point in run["curve"]]
-                ax.plot(x, y, marker="o", markersize=3, color=colours[run["label"]],
-                        linestyle="-" if run["seed"] % 2 == 0 else "--",
-                        label=f"{run['label']} s{run['seed']}")
+                points = [point for point in run["curve"] if key != "ratio" or (run["seed"], point["updates"]) in reference]
+                ax.plot([point["updates"] for point in points], [pick(run, point) for point in points],
+                        marker="o", markersize=3, color=colours[run["label"]],
+                        linestyle="-" if run["seed"] % 2 == 0 else "--", label=f"{run['label']} s{run['seed']}")
             ax.set_xscale("log")
-            ax.set_title(f"{game}: {name.replace('held-out ', '')}", fontsize=9)
+            if key != "sampling_perplexity":
+                ax.set_yscale("log")
+            ax.set_title(f"{game}: {title}", fontsize=9)
             ax.set_xlabel("updates", fontsize=8)
             ax.tick_params(labelsize=7)
             ax.grid(alpha=0.3)
