@@ -92,6 +92,7 @@ class WorldModelSchema:
     FreeBits: float = MISSING
     FreeBitsPerStep: bool = MISSING
     LearningRate: float = MISSING
+    PriorLearningRateScale: float = MISSING
     AdamEps: float = MISSING
     MaxGradNorm: float = MISSING
 

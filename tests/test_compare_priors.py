@@ -31,10 +31,12 @@ def test_eval_at_evaluates_along_the_run_without_changing_it(tmp_path, capsys):
     assert f"| 3 | {curve_run['curve'][-1]['Pong']['sampling_kl']:.3f} ± 0.000 (n=1) |" in table
 
 
-def test_prior_lr_scale_gives_the_prior_its_own_learning_rate():
+def test_prior_learning_rate_scale_gives_the_prior_its_own_learning_rate():
     args = Namespace(preset="cpu", override=[], lr=None, device="cpu", prior_lr_scale=3.0)
     cfg, wm = compare_priors.build("GITSTORM", (), args, seed=0)
     rest, prior = wm.optimizer.param_groups
     assert rest["lr"] == 1.0e-4 and prior["lr"] == pytest.approx(3.0e-4)  # the config's 1e-4, times 3 for the prior
     assert {id(p) for p in prior["params"]} == {id(p) for p in wm.prior.parameters()}
     assert len(rest["params"]) + len(prior["params"]) == len(list(wm.parameters()))
+    with pytest.raises(ValueError, match="PriorLearningRateScale=0.0: expected > 0"):
+        compare_priors.build("GITSTORM", (), Namespace(**{**vars(args), "prior_lr_scale": 0.0}), seed=0)

@@ -43,7 +43,6 @@ if REPO_ROOT not in sys.path:
 import torch  # noqa: E402
 
 from config import compose_config  # noqa: E402
-from sub_models.optim import make_adam  # noqa: E402
 from sub_models.world_models import WorldModel  # noqa: E402
 
 VARIANTS = (  # (label, config, overrides)
@@ -84,8 +83,8 @@ def parse_args(argv=None):
                         help="comma-separated labels of VARIANTS to run (default: all)")
     parser.add_argument("--lr", type=float, default=None, help="world-model learning rate (default: the config's)")
     parser.add_argument("--prior-lr-scale", type=float, default=1.0,
-                        help="the prior head's learning rate = this x the world model's (default 1; labels get "
-                             "' prior lr xS')")
+                        help="Models.WorldModel.PriorLearningRateScale for every variant (default 1; labels "
+                             "get ' prior lr xS')")
     parser.add_argument("--holdout", type=float, default=0.2, help="fraction of steps held out (default 0.2)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: faster than 2 on a busy 2-core machine)")
@@ -145,18 +144,13 @@ def build(config_name, overrides, args, seed):
     base += args.override + list(overrides)
     if args.lr is not None:
         base.append(f"Models.WorldModel.LearningRate={args.lr}")
+    if args.prior_lr_scale != 1.0:
+        base.append(f"Models.WorldModel.PriorLearningRateScale={args.prior_lr_scale}")
     cfg = compose_config(config_name, base)
     torch.manual_seed(seed)
     device = torch.device(args.device)
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    wm = WorldModel(cfg.Models, NUM_ACTIONS, discrete_actions=True, use_bf16=use_bf16).to(device)
-    if args.prior_lr_scale != 1.0:
-        prior = set(wm.prior.parameters())
-        lr = cfg.Models.WorldModel.LearningRate
-        wm.optimizer = make_adam([{"params": [p for p in wm.parameters() if p not in prior]},
-                                  {"params": list(prior), "lr": args.prior_lr_scale * lr}],
-                                 lr, cfg.Models.WorldModel.AdamEps)
-    return cfg, wm
+    return cfg, WorldModel(cfg.Models, NUM_ACTIONS, discrete_actions=True, use_bf16=use_bf16).to(device)
 
 
 def train(wm, data, batch_starts, heldout, args, seed, curve, evaluated):
