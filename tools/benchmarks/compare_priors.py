@@ -8,8 +8,9 @@
 1. Collects --steps agent steps of each ALE/<game>-v5 once, with a seeded uniform random policy
    (training env: life loss counts as termination, as in train.py).
 2. The first 80% of each game's steps are training data, the last 20% are held out.
-3. Trains every variant (VARIANTS below: STORM; GIT-STORM with floor and ceil mask rounding;
-   GIT-STORM with TrainTarget=next; GIT-STORM with ceil and T_draft = T_revise = 4, M = 2)
+3. Trains every variant of --variants (VARIANTS below: STORM; GIT-STORM with floor and ceil
+   mask rounding, TrainTarget=next, ceil with T_draft = T_revise = 4, M = 2, the authors'
+   architecture, full conditioning, all-[MASK] training shares, a 4 x 64 MaskGIT)
    for --updates Adam steps per seed on the *same* batches in the same order (sequences drawn
    from all games from a seeded generator; 18 actions, the games' sets embedded in it).
 4. Prints one Markdown table: per figure, mean +- standard deviation over the seeds, held-out
@@ -31,7 +32,6 @@ Two kinds of KL / perplexity exist, because the two priors' training losses coun
 """
 import argparse
 import json
-import math
 import os
 import sys
 import time
