@@ -93,6 +93,7 @@ class WorldModelSchema:
     FreeBits: float = MISSING
     FreeBitsPerStep: bool = MISSING
     LearningRate: float = MISSING
+    PriorLearningRateScale: float = MISSING
     AdamEps: float = MISSING
     MaxGradNorm: float = MISSING
 
@@ -114,6 +115,8 @@ class MaskGitSchema:
     Temperature: float = MISSING
     TrainTarget: str = MISSING
     DotProductLogits: bool = MISSING
+    Conditioning: str = MISSING
+    AllMaskProbability: float = MISSING
 
 
 @dataclass
@@ -160,6 +163,7 @@ CHOICES = {
     "Models.MaskGit.MaskSchedule": ("cosine", "linear"),
     "Models.MaskGit.MaskRounding": ("floor", "ceil"),
     "Models.MaskGit.TrainTarget": ("current", "next"),
+    "Models.MaskGit.Conditioning": ("slice", "full"),
     "BasicSettings.MixedPrecision": ("auto", "bf16", "fp32"),
     "BasicSettings.Resume": ("auto", "fresh"),
     "BasicSettings.AtariProtocol": ("storm", "iris"),

@@ -119,7 +119,14 @@ class WorldModel(nn.Module):
         self.reward_head = mlp_head(wm.TransformerHiddenDim, wm.HeadHiddenDim, wm.RewardBins)
         self.termination_head = mlp_head(wm.TransformerHiddenDim, wm.HeadHiddenDim, 1)
         self.reward_codec = SymlogTwoHot(wm.RewardBins, wm.RewardLow, wm.RewardHigh)
-        self.optimizer = make_adam(self.parameters(), wm.LearningRate, wm.AdamEps)
+        if wm.PriorLearningRateScale <= 0:
+            raise ValueError(f"Models.WorldModel.PriorLearningRateScale={wm.PriorLearningRateScale}: expected > 0")
+        params = self.parameters()
+        if wm.PriorLearningRateScale != 1.0:  # the prior head in a parameter group of its own
+            prior = {id(p) for p in self.prior.parameters()}
+            params = [{"params": [p for p in self.parameters() if id(p) not in prior]},
+                      {"params": list(self.prior.parameters()), "lr": wm.PriorLearningRateScale * wm.LearningRate}]
+        self.optimizer = make_adam(params, wm.LearningRate, wm.AdamEps)
 
     @property
     def device(self) -> torch.device:

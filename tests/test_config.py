@@ -60,6 +60,7 @@ def test_default_run_name():
     (["JointTrainAgent.BatchSize=0"], "JointTrainAgent.BatchSize=0"),
     (["BasicSettings.config_path=config_files/NOPE.yaml"], "available in config_files/"),
     (["Models.MaskGit.TrainTarget=previous"], "Models.MaskGit.TrainTarget='previous'"),
+    (["Models.MaskGit.Conditioning=all"], "Models.MaskGit.Conditioning='all': expected one of slice, full"),
     (["Models.MaskGit.Architecture=paper"], "Models.MaskGit.Architecture='paper': expected one of standard, authors"),
     (["BasicSettings.AtariProtocol=sticky"], "BasicSettings.AtariProtocol='sticky': expected one of storm, iris"),
     (["BasicSettings.env_name=dmc/walker_walk", "BasicSettings.AtariProtocol=iris"],

@@ -13,7 +13,8 @@ from sub_models.maskgit.transformer import Block, SelfAttention
 def make_cfg(**overrides):
     cfg = dict(Architecture="standard", EmbeddingDim=16, NumLayers=1, NumHeads=2, FeedForwardDim=32, Dropout=0.0,
                MaskSchedule="cosine", MinMaskRatio=1.0e-6, MaskRounding="floor", DraftRounds=1, ReviseRounds=1,
-               ReviseRepetitions=1, Temperature=1.0, TrainTarget="current", DotProductLogits=True)
+               ReviseRepetitions=1, Temperature=1.0, TrainTarget="current", DotProductLogits=True,
+               Conditioning="slice", AllMaskProbability=0.0)
     cfg.update(overrides)
     return types.SimpleNamespace(**cfg)
 
@@ -58,6 +59,34 @@ def test_mask_count_ceil_rounding_and_how_often_all_tokens_are_masked():
     assert all_floor < 5e-4
     with pytest.raises(ValueError, match="'round'"):
         mask_count(r, 32, "cosine", 1.0e-6, "round")
+
+
+@pytest.mark.parametrize("probability", [0.0, 0.5, 1.0])
+def test_all_mask_probability_is_the_extra_share_of_fully_masked_samples(probability):
+    torch.manual_seed(0)
+    mask = make_prior(num_variables=8, AllMaskProbability=probability).training_mask(20_000, "cpu")
+    # floor alone masks all 8 only where cos(pi r / 2) rounds to 1 (~0.02%), so the share is
+    # p + (1 - p) 0.0002; 0.015 is > 4 binomial sd (sqrt(0.25 / 20000) = 0.0035) at p = 0.5
+    assert mask.all(-1).float().mean().item() == pytest.approx(probability, abs=0.015)
+    assert mask.any(-1).all()  # every sample still masks at least one token
+    with pytest.raises(ValueError, match="AllMaskProbability=1.5"):
+        make_prior(AllMaskProbability=1.5)
+
+
+@pytest.mark.parametrize("conditioning, readers", [("slice", [0]), ("full", [0, 1, 2, 3])])
+def test_conditioning_which_tokens_read_the_first_slice_of_h(conditioning, readers):
+    # with no transformer layer every token's logits depend only on its own input row, so the
+    # tokens whose logits move when h's first D/K = 4 numbers change are the ones that read them
+    torch.manual_seed(0)
+    prior = make_prior(hidden_dim=16, num_variables=4, num_classes=5, NumLayers=0, Conditioning=conditioning).eval()
+    tokens = torch.full((1, 4), prior.mask_id)
+    h = torch.randn(1, 16)
+    moved = h.clone()
+    moved[0, :4] += 1.0
+    change = (prior.log_probs(moved, tokens) - prior.log_probs(h, tokens)).abs().amax(-1)[0]  # (K,)
+    assert (change > 1e-6).nonzero().flatten().tolist() == readers
+    with pytest.raises(ValueError, match="Conditioning='all'"):
+        make_prior(Conditioning="all")
 
 
 def test_random_subset_masks_exact_counts():

@@ -43,6 +43,7 @@ from sub_models.priors import PriorHead, PriorKL, kl_pair
 MASK_SCHEDULES = ("cosine", "linear")
 MASK_ROUNDINGS = ("floor", "ceil")
 TRAIN_TARGETS = ("current", "next")
+CONDITIONINGS = ("slice", "full")
 
 
 def mask_count(r: torch.Tensor, num_positions: int, schedule: str, min_ratio: float,
@@ -115,10 +116,17 @@ class MaskGitPrior(PriorHead):
                 raise ValueError(f"Models.MaskGit.{name}={value}: expected {low} <= {name} <= {num_variables} (tokens)")
         if cfg.Temperature <= 0:
             raise ValueError(f"Models.MaskGit.Temperature={cfg.Temperature}: expected > 0")
+        if cfg.Conditioning not in CONDITIONINGS:
+            raise ValueError(f"Models.MaskGit.Conditioning={cfg.Conditioning!r}: expected one of {CONDITIONINGS}")
+        if not 0.0 <= cfg.AllMaskProbability <= 1.0:
+            raise ValueError(f"Models.MaskGit.AllMaskProbability={cfg.AllMaskProbability}: expected in [0, 1]")
         self.num_variables, self.num_classes, self.unimix = num_variables, num_classes, unimix
         self.mask_id = num_classes
         self.schedule, self.min_mask_ratio, self.mask_rounding = cfg.MaskSchedule, cfg.MinMaskRatio, cfg.MaskRounding
         self.train_target, self.architecture = cfg.TrainTarget, cfg.Architecture
+        self.all_mask_probability = cfg.AllMaskProbability
+        # slice (paper, authors): token k reads the k-th D/K slice of h_t; full: every token reads all of h_t
+        self.full_conditioning = cfg.Conditioning == "full"
         self.draft_rounds, self.revise_rounds = cfg.DraftRounds, cfg.ReviseRounds
         self.revise_repetitions, self.temperature = cfg.ReviseRepetitions, cfg.Temperature
         dim = cfg.EmbeddingDim
@@ -127,7 +135,7 @@ class MaskGitPrior(PriorHead):
         # classifier (weight tying), so the logits are similarities to the token embeddings
         self.token_embedding = nn.Embedding(num_classes + 1, dim)
         nn.init.normal_(self.token_embedding.weight, std=0.02)
-        self.input_proj = nn.Linear(dim + hidden_dim // num_variables, dim)
+        self.input_proj = nn.Linear(dim + (hidden_dim if self.full_conditioning else hidden_dim // num_variables), dim)
         self.position_bias = nn.Parameter(0.02 * torch.randn(num_variables, dim))
         self.transformer = BidirectionalTransformer(dim, cfg.NumLayers, cfg.NumHeads, cfg.FeedForwardDim, cfg.Dropout,
                                                     cfg.Architecture)
@@ -145,8 +153,11 @@ class MaskGitPrior(PriorHead):
 
     def log_probs(self, h: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """h (N, D), tokens (N, K) long ids in [0, C] (C = [MASK]) -> unimixed log-probs (N, K, C)."""
-        h_slices = h.unflatten(-1, (self.num_variables, -1))  # (N, K, D/K)
-        x = torch.cat([self.token_embedding(tokens), h_slices], dim=-1)  # (N, K, E + D/K)
+        if self.full_conditioning:
+            h_per_token = h.unsqueeze(-2).expand(*h.shape[:-1], self.num_variables, -1)  # (N, K, D)
+        else:
+            h_per_token = h.unflatten(-1, (self.num_variables, -1))  # (N, K, D/K)
+        x = torch.cat([self.token_embedding(tokens), h_per_token], dim=-1)  # (N, K, E + D/K or D)
         x = self.input_proj(x) + self.position_bias  # (N, K, E)
         xi = self.output_head(self.transformer(x))  # (N, K, E)
         if self.class_head is None:
@@ -156,10 +167,13 @@ class MaskGitPrior(PriorHead):
         return unimix_logits(logits.float(), self.unimix)
 
     def training_mask(self, num_samples: int, device) -> torch.Tensor:
-        """(num_samples, K) bool: the positions masked for one training sample each."""
+        """(num_samples, K) bool: the positions masked for one training sample each; with
+        probability AllMaskProbability a sample masks all K (the only input sampling sees at
+        T_draft = T_revise = M = 1), otherwise the schedule's count."""
         r = torch.rand(num_samples, device=device)
         count = mask_count(r, self.num_variables, self.schedule, self.min_mask_ratio, self.mask_rounding)
-        return random_subset_masks(count, self.num_variables)
+        all_masked = torch.rand(num_samples, device=device) < self.all_mask_probability
+        return random_subset_masks(count.masked_fill(all_masked, self.num_variables), self.num_variables)
 
     def kl_terms(self, h, z_current, z_next, posterior_logits_next) -> PriorKL:
         batch, time = h.shape[:2]

@@ -2,16 +2,24 @@
 
     python tools/benchmarks/compare_priors.py [--games Boxing,Pong] [--steps 10000] [--updates 800]
         [--seeds 0,1] [--batch-size 8] [--batch-length 16] [--preset cpu] [--override KEY=VALUE ...]
+        [--eval-at 1000,2000,4000] [--json runs.json] [--plot curves.png]
+    python tools/benchmarks/compare_priors.py --from-json a.json b.json [--plot curves.png]
 
 1. Collects --steps agent steps of each ALE/<game>-v5 once, with a seeded uniform random policy
    (training env: life loss counts as termination, as in train.py).
 2. The first 80% of each game's steps are training data, the last 20% are held out.
-3. Trains every variant (VARIANTS below: STORM; GIT-STORM with floor and ceil mask rounding;
-   GIT-STORM with TrainTarget=next; GIT-STORM with ceil and T_draft = T_revise = 4, M = 2)
+3. Trains every variant of --variants (VARIANTS below: STORM; GIT-STORM with floor and ceil
+   mask rounding, TrainTarget=next, ceil with T_draft = T_revise = 4, M = 2, the authors'
+   architecture, full conditioning, all-[MASK] training shares, a 4 x 64 MaskGIT)
    for --updates Adam steps per seed on the *same* batches in the same order (sequences drawn
    from all games from a seeded generator; 18 actions, the games' sets embedded in it).
 4. Prints one Markdown table: per figure, mean +- standard deviation over the seeds, held-out
    per game (eval mode, disjoint sequences of --batch-length steps).
+5. With --eval-at, also evaluates the held-out figures along the same training run after the
+   given numbers of updates and prints the curves of the sampling KL and perplexity; --json
+   keeps every run (figures at every evaluation point), --plot draws the curves (one column per
+   game, one line per variant and seed). --from-json merges runs saved by several jobs (e.g. one
+   per seed) into those curves and plot without training.
 
 Two kinds of KL / perplexity exist, because the two priors' training losses count different tokens:
   * "objective": the figures of WorldModel.loss. The MLP prior counts all K tokens; the MaskGIT
@@ -23,7 +31,7 @@ Two kinds of KL / perplexity exist, because the two priors' training losses coun
     distribution imagination uses, the same for both priors: the comparable figure.
 """
 import argparse
-import math
+import json
 import os
 import sys
 import time
@@ -35,7 +43,6 @@ if REPO_ROOT not in sys.path:
 import torch  # noqa: E402
 
 from config import compose_config  # noqa: E402
-from sub_models.functions_losses import categorical_kl  # noqa: E402
 from sub_models.world_models import WorldModel  # noqa: E402
 from utils import native_bf16  # noqa: E402
 
@@ -46,6 +53,12 @@ VARIANTS = (  # (label, config, overrides)
     ("GIT-STORM next", "GITSTORM", ("Models.MaskGit.TrainTarget=next",)),
     ("GIT-STORM ceil 4/4/2", "GITSTORM", ("Models.MaskGit.MaskRounding=ceil", "Models.MaskGit.DraftRounds=4",
                                            "Models.MaskGit.ReviseRounds=4", "Models.MaskGit.ReviseRepetitions=2")),
+    ("GIT-STORM authors", "GITSTORM", ("Models.MaskGit.Architecture=authors",)),
+    ("GIT-STORM full h", "GITSTORM", ("Models.MaskGit.Conditioning=full",)),
+    ("GIT-STORM all-mask 0.25", "GITSTORM", ("Models.MaskGit.AllMaskProbability=0.25",)),
+    ("GIT-STORM all-mask 1", "GITSTORM", ("Models.MaskGit.AllMaskProbability=1.0",)),
+    ("GIT-STORM 4 layers x 64", "GITSTORM", ("Models.MaskGit.NumLayers=4", "Models.MaskGit.EmbeddingDim=64",
+                                              "Models.MaskGit.FeedForwardDim=128")),
 )
 NUM_ACTIONS = 18   # the full Atari action set: every game's minimal set maps into it
 TRAIN_FIGURES = ("reconstruction_loss", "reward_loss", "termination_loss", "dynamics_kl", "prior_perplexity")
@@ -70,10 +83,26 @@ def parse_args(argv=None):
     parser.add_argument("--variants", default=None,
                         help="comma-separated labels of VARIANTS to run (default: all)")
     parser.add_argument("--lr", type=float, default=None, help="world-model learning rate (default: the config's)")
+    parser.add_argument("--prior-lr-scale", type=float, default=1.0,
+                        help="Models.WorldModel.PriorLearningRateScale for every variant (default 1; labels "
+                             "get ' prior lr xS')")
     parser.add_argument("--holdout", type=float, default=0.2, help="fraction of steps held out (default 0.2)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: faster than 2 on a busy 2-core machine)")
+    parser.add_argument("--eval-at", default="",
+                        help="comma-separated update counts at which to evaluate along the run (<= --updates; "
+                             "the end of training is always evaluated)")
+    parser.add_argument("--json", default=None, help="write every run's figures at every evaluation point here")
+    parser.add_argument("--plot", default=None, help="PNG of the held-out sampling KL and perplexity curves")
+    parser.add_argument("--from-json", nargs="+", default=None, metavar="JSON",
+                        help="no training: merge the runs of these --json files into curves (and --plot)")
     args = parser.parse_args(argv)
+    if args.from_json:
+        return args
+    eval_at = [int(count) for count in args.eval_at.split(",") if count]
+    if any(not 0 < count <= args.updates for count in eval_at):
+        parser.error(f"--eval-at {args.eval_at}: expected update counts in [1, --updates={args.updates}]")
+    args.eval_at = sorted(set(eval_at) | {args.updates})
     args.games = args.games.split(",")
     args.seeds = [int(seed) for seed in args.seeds.split(",")]
     labels = [label for label, _, _ in VARIANTS]
@@ -116,21 +145,33 @@ def build(config_name, overrides, args, seed):
     base += args.override + list(overrides)
     if args.lr is not None:
         base.append(f"Models.WorldModel.LearningRate={args.lr}")
+    if args.prior_lr_scale != 1.0:
+        base.append(f"Models.WorldModel.PriorLearningRateScale={args.prior_lr_scale}")
     cfg = compose_config(config_name, base)
     torch.manual_seed(seed)
     device = torch.device(args.device)
     return cfg, WorldModel(cfg.Models, NUM_ACTIONS, discrete_actions=True, use_bf16=native_bf16(device)).to(device)
 
 
-def train(wm, data, batch_starts, args, seed):
+def train(wm, data, batch_starts, heldout, args, seed, curve, evaluated):
+    """Trains on batch_starts in order; after each of args.eval_at updates evaluates `heldout`
+    (game -> data), appends {"updates", game: figures} to `curve` and calls evaluated().
+    Returns the training figures."""
     torch.manual_seed(seed + 1)  # the same masks / samples stream for every variant at the start
-    history, skipped = [], 0
+    history, skipped, eval_seconds = [], 0, 0.0
     start = time.perf_counter()
-    for starts in batch_starts:
+    for updates, starts in enumerate(batch_starts, 1):
         metrics, finite = wm.update(*gather(data, starts, args.batch_length, wm.device))
         skipped += int(not bool(finite))
         history.append({k.split("/", 1)[1]: v.float().item() for k, v in metrics.items()})
-    seconds = time.perf_counter() - start
+        if updates in args.eval_at:
+            began = time.perf_counter()
+            curve.append({"updates": updates, **{game: evaluate(wm, part, args, seed) for game, part in heldout.items()}})
+            eval_seconds += time.perf_counter() - began
+            print(f"  {updates} updates ({time.perf_counter() - start:.0f} s): held-out sampling KL " + ", ".join(
+                f"{game} {curve[-1][game]['sampling_kl']:.3f}" for game in heldout), file=sys.stderr, flush=True)
+            evaluated()
+    seconds = time.perf_counter() - start - eval_seconds
     tail = history[-max(1, len(history) // 10):]
     final = {k: sum(h[k] for h in tail) / len(tail) for k in TRAIN_FIGURES}
     final["seconds_per_update"] = seconds / len(batch_starts)
@@ -140,7 +181,13 @@ def train(wm, data, batch_starts, args, seed):
 
 @torch.no_grad()
 def evaluate(wm, data, args, seed):
-    """Held-out figures over disjoint sequences, eval mode, one fixed seed."""
+    """Held-out figures over disjoint sequences, eval mode, one fixed seed; the training's random
+    stream is left as it was, so evaluating along a run does not change the run."""
+    with torch.random.fork_rng(devices=[wm.device] if wm.device.type == "cuda" else []):
+        return _evaluate(wm, data, args, seed)
+
+
+def _evaluate(wm, data, args, seed):
     n = data[0].shape[0] // args.batch_length
     starts = torch.arange(n) * args.batch_length
     obs, actions, rewards, terminations = gather(data, starts, args.batch_length, wm.device)
@@ -148,19 +195,14 @@ def evaluate(wm, data, args, seed):
     torch.manual_seed(seed + 2)
     _, objective = wm.loss(obs, actions, rewards, terminations)
     torch.manual_seed(seed + 3)
-    posterior, z = wm.encode(obs)                                   # (B, T, K, C)
-    h = wm.sequence_model(z, wm.action_input(actions))              # (B, T, D)
-    _, sample_log_probs = wm.prior.sample(h[:, :-1].flatten(0, 1))  # what imagination draws z_{t+1} from
-    sample_log_probs = sample_log_probs.unflatten(0, h[:, :-1].shape[:2]).float()
-    sampling_kl = categorical_kl(posterior[:, 1:], sample_log_probs).sum(-1).mean()
-    sampling_nll = -(sample_log_probs * z[:, 1:]).sum(-1).mean()
+    sampling = wm.sampling_figures(obs, actions)  # against what imagination draws z_{t+1} from
     return {
         "sequences": n,
         "reconstruction_loss": objective["world_model/reconstruction_loss"].item(),
         "reward_loss": objective["world_model/reward_loss"].item(),
         "dynamics_kl": objective["world_model/dynamics_kl"].item(),
-        "sampling_kl": sampling_kl.item(),
-        "sampling_perplexity": math.exp(sampling_nll.item()),
+        "sampling_kl": sampling["world_model/sampling_kl"].item(),
+        "sampling_perplexity": sampling["world_model/sampling_perplexity"].item(),
     }
 
 
@@ -170,8 +212,98 @@ def mean_sd(values):
     return values.mean().item(), sd
 
 
+CURVE_FIGURES = (("sampling_kl", "held-out sampling KL (all tokens)"),
+                 ("sampling_perplexity", "held-out perplexity (all tokens)"))
+
+
+def print_curves(runs, games):
+    """Markdown: per game and curve figure, mean +- sd over the seeds at every evaluation point."""
+    labels = list(dict.fromkeys(run["label"] for run in runs))
+    for game in games:
+        for key, name in CURVE_FIGURES:
+            print(f"\n{game}, {name}, along training (mean ± sd over seeds)\n")
+            print("| updates | " + " | ".join(labels) + " |")
+            print("|---:|" + "---:|" * len(labels))
+            counts = sorted({point["updates"] for run in runs for point in run["curve"]})
+            for count in counts:
+                cells = []
+                for label in labels:
+                    values = [point[game][key] for run in runs if run["label"] == label
+                              for point in run["curve"] if point["updates"] == count]
+                    mean, sd = mean_sd(values) if values else (float("nan"), 0.0)
+                    cells.append(f"{mean:.3f} ± {sd:.3f} (n={len(values)})")
+                print(f"| {count} | " + " | ".join(cells) + " |")
+
+
+def plot_curves(runs, games, path):
+    """One column per game; rows: sampling KL (log y), perplexity, and each run's sampling KL
+    over the first variant's at the same seed and update count (1 = equal), all vs updates
+    (log x); one colour per variant, solid / dashed lines for even / odd seeds."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    labels = list(dict.fromkeys(run["label"] for run in runs))
+    colours = {label: plt.get_cmap("tab10")(i % 10) for i, label in enumerate(labels)}
+    reference = {(run["seed"], point["updates"]): point for run in runs if run["label"] == labels[0]
+                 for point in run["curve"]}
+    fig, axes = plt.subplots(3, len(games), figsize=(4.5 * len(games), 9), squeeze=False)
+    for column, game in enumerate(games):
+        panels = [(key, name.replace("held-out ", ""), lambda run, point, k=key: point[game][k])
+                  for key, name in CURVE_FIGURES]
+        panels.append(("ratio", f"sampling KL / {labels[0]}'s (same seed)",
+                       lambda run, point: point[game]["sampling_kl"]
+                       / reference[run["seed"], point["updates"]][game]["sampling_kl"]))
+        for row, (key, title, pick) in enumerate(panels):
+            ax = axes[row][column]
+            for run in runs:
+                points = [point for point in run["curve"] if key != "ratio" or (run["seed"], point["updates"]) in reference]
+                ax.plot([point["updates"] for point in points], [pick(run, point) for point in points],
+                        marker="o", markersize=3, color=colours[run["label"]],
+                        linestyle="-" if run["seed"] % 2 == 0 else "--", label=f"{run['label']} s{run['seed']}")
+            ax.set_xscale("log")
+            if key != "sampling_perplexity":
+                ax.set_yscale("log")
+            ax.set_title(f"{game}: {title}", fontsize=9)
+            ax.set_xlabel("updates", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def curves_from_json(paths):
+    runs, games = [], []
+    for path in paths:
+        with open(path) as f:
+            saved = json.load(f)
+        runs += saved["runs"]
+        games += [game for game in saved["games"] if game not in games]
+    return runs, games
+
+
+def saved_runs(args, results):
+    suffix = f" prior lr x{args.prior_lr_scale:g}" if args.prior_lr_scale != 1.0 else ""
+    return [{"label": label + suffix, "seed": seed, "params": run["params"], "seconds": run["seconds"],
+             "seconds_per_update": run["train"]["seconds_per_update"], "curve": run["curve"]}
+            for label in args.variants for seed, run in zip(args.seeds, results[label])]
+
+
+def save_json(args, argv, results):
+    with open(args.json, "w") as f:
+        json.dump({"argv": sys.argv[1:] if argv is None else list(argv), "games": args.games,
+                   "runs": saved_runs(args, results)}, f, indent=1)
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.from_json:
+        runs, games = curves_from_json(args.from_json)
+        print_curves(runs, games)
+        if args.plot:
+            plot_curves(runs, games, args.plot)
+        return
     torch.set_num_threads(args.threads)
     began = time.perf_counter()
     train_parts, heldout, nonzero = [], {}, {}
@@ -198,10 +330,18 @@ def main(argv=None):
             cfg, wm = build(config_name, overrides, args, seed)
             print(f"seed {seed}: training {label}: {sum(p.numel() for p in wm.parameters()):,} parameters, "
                   f"{args.updates} updates ...", file=sys.stderr, flush=True)
-            run = {"config": cfg, "params": sum(p.numel() for p in wm.parameters()),
-                   "train": train(wm, train_data, batch_starts, args, seed)}
-            run.update({f"eval/{game}": evaluate(wm, heldout[game], args, seed) for game in args.games})
+            trained_at = time.perf_counter()
+            run = {"config": cfg, "params": sum(p.numel() for p in wm.parameters()), "curve": [], "seconds": None,
+                   "train": {"seconds_per_update": None}}
             results[label].append(run)
+            # saved after every evaluation, so that a job stopped early keeps the curve so far
+            run["train"] = train(wm, train_data, batch_starts, heldout, args, seed, run["curve"],
+                                 lambda: save_json(args, argv, results) if args.json else None)
+            run.update({f"eval/{game}": run["curve"][-1][game] for game in args.games})
+            run["seconds"] = time.perf_counter() - trained_at
+            print(f"seed {seed}: {label} done in {run['seconds']:.0f} s", file=sys.stderr, flush=True)
+            if args.json:
+                save_json(args, argv, results)
 
     first = results[args.variants[0]][0]
     wm_cfg = first["config"].Models.WorldModel
@@ -215,7 +355,8 @@ def main(argv=None):
               f"({first[f'eval/{game}']['sequences']} disjoint sequences of {args.batch_length})")
     print(f"- training: {args.updates} updates of {args.batch_size} x {args.batch_length} steps per variant and "
           f"seed (seeds {', '.join(map(str, args.seeds))}), the same batches in the same order for every variant; "
-          f"preset {args.preset}, overrides {' '.join(args.override) or 'none'}; lr {wm_cfg.LearningRate:g}; "
+          f"preset {args.preset}, overrides {' '.join(args.override) or 'none'}; lr {wm_cfg.LearningRate:g} "
+          f"(prior x{args.prior_lr_scale:g}); "
           f"K x C = {wm_cfg.CategoricalDim} x {wm_cfg.ClassDim}, D = {wm_cfg.TransformerHiddenDim}"
           + (f"; MaskGIT {mg_cfg.NumLayers} layer(s) x {mg_cfg.EmbeddingDim}, FFN {mg_cfg.FeedForwardDim}"
              if mg_cfg is not None else "")
@@ -242,6 +383,11 @@ def main(argv=None):
           f"{max(1, args.updates // 10)} updates. Objective KL: MLP over all tokens, MaskGIT over its masked tokens "
           "only (not comparable); sampling figures: all tokens under the distribution prior.sample() draws from "
           f"(comparable). Perplexity is at most C/unimix; uniform = {wm_cfg.ClassDim}. Skipped updates: {skipped}.")
+    runs = saved_runs(args, results)
+    if len(args.eval_at) > 1:
+        print_curves(runs, args.games)
+    if args.plot:
+        plot_curves(runs, args.games, args.plot)
 
 
 if __name__ == "__main__":
