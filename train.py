@@ -398,7 +398,7 @@ class Trainer(RunTrainer):
         self.world_model, self.agent = build_models(cfg, self.action_dim, self.discrete, self.device, self.bf16)
         self.models = {"world_model": self.world_model, "agent": self.agent}
         self.update_steps = UpdateSteps(self.world_model, self.agent, train.ImagineBatchLength,
-                                   hot_path_mode(cfg.BasicSettings.Compile, self.device))
+                                        hot_path_mode(cfg.BasicSettings.Compile, self.device))
         on_device = train.BufferOnDevice and self.device.type == "cuda"
         image = (cfg.BasicSettings.ImageSize, cfg.BasicSettings.ImageSize, 3)
         self.buffer = ReplayBuffer(image, () if self.discrete else (self.action_dim,),
