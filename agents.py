@@ -227,17 +227,3 @@ def build_models(cfg, action_dim: int, discrete: bool, device: torch.device, bf1
     state_dim = world_model.latent_dim + cfg.Models.WorldModel.TransformerHiddenDim
     agent = ActorCriticAgent(cfg.Models.Agent, state_dim, action_dim, discrete, bf16).to(device)
     return world_model, agent
-
-
-def build_run_models(cfg, action_dim: int, discrete: bool, device: torch.device, bf16: bool) -> dict:
-    """Every trained module of the config's model family, by the name its checkpoint entries
-    carry: world_model and agent (STORM / GIT-STORM), or tokenizer, world_model and controller (REM)."""
-    if cfg.BasicSettings.model == "REM":
-        if not discrete:
-            raise ValueError(f"{cfg.BasicSettings.env_name}: REM acts in discrete action spaces only (Atari); "
-                             "this env's actions are continuous")
-        from sub_models.rem import build_rem_models
-        tokenizer, world_model, controller = build_rem_models(cfg, action_dim, device)
-        return {"tokenizer": tokenizer, "world_model": world_model, "controller": controller}
-    world_model, agent = build_models(cfg, action_dim, discrete, device, bf16)
-    return {"world_model": world_model, "agent": agent}

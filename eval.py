@@ -3,7 +3,7 @@
     python eval.py -config_path="config_files/STORM.yaml" -env_name="ALE/Boxing-v5" -run_name="Boxing-STORM-seed_0"
 
 Every saved_models/<run_name>/weights_<step>.pt plays `-episodes` (20) episodes to game
-over with sampled actions (the acting rule of the run's model, acting.make_actor); each
+over with sampled actions (the acting rule of the run's model family, evaluation.py); each
 checkpoint's summary becomes one row of outputs/eval_result/<run_name>.csv (header
 step,episode_avg_return,episode_std,episode_min,episode_max,episodes), rewritten
 atomically after every checkpoint. Steps
@@ -26,93 +26,20 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
-import torch
 from hydra.errors import HydraException
 from tqdm import tqdm
 
-from acting import make_actor
-from config import (CONFIG_DIR, ConfigError, compose_config, config_differences, config_name_from_path,
-                    stored_config)
+from config import CONFIG_DIR, ConfigError, config_differences, config_name_from_path
 from env_wrapper import make_vector_env
-from agents import build_run_models
-from utils import evaluation_bf16, load_checkpoint_file, seed_everything, select_device
+from evaluation import EVAL_SEED_OFFSET, evaluate_checkpoint
+from families import compose_config, family_of, stored_config
+from utils import evaluation_bf16, load_checkpoint_file, select_device
 
 CSV_FIELDS = ["step", "episode_avg_return", "episode_std", "episode_min", "episode_max", "episodes"]
-# Training seeds env i with Seed + step + i (step <= 500k even on DMC), so evaluation
-# seeds start far above that range: evaluation episodes never replay training ones.
-EVAL_SEED_OFFSET = 1_000_000
-
-
 class EvalError(Exception):
     """A problem with the command line or the run's files, reported without a traceback."""
-
-
-@torch.no_grad()
-def evaluate_checkpoint(models: dict, cfg, env_name: str, episodes: int, num_envs: int, seed: int,
-                        max_steps: int | None = None,
-                        on_episode_end: Callable[[float], None] | None = None) -> np.ndarray:
-    """Play `episodes` episodes on `num_envs` parallel evaluation envs with the acting rule of
-    the config's model family (acting.make_actor; `models` as built by agents.build_run_models);
-    returns their returns.
-
-    Each env plays a number of episodes fixed in advance (episodes / num_envs, the remainder
-    spread over the first envs). Counting "the first `episodes` to finish" instead would
-    favour short episodes. An env that has played its share keeps stepping (a vector env
-    steps all envs together) but its further episodes are not counted.
-
-    STORM / GIT-STORM's acting history (EnvActor) runs on across an env's episode boundary,
-    exactly as in training: the world model was trained on replayed sequences that cross
-    boundaries, and a per-env history reset would need a ragged batch. REM's controller starts
-    each episode from a zero LSTM state, as REM does. Envs and the torch RNG are seeded with
-    `seed`, so every checkpoint meets the same env randomness and a rerun repeats.
-
-    `max_steps` caps an episode's length in agent steps; a capped episode counts with the
-    return it had so far and its env starts a new episode.
-    """
-    if not 1 <= num_envs <= episodes:
-        raise ValueError(f"num_envs={num_envs}: expected between 1 and episodes={episodes}")
-    if max_steps is not None and max_steps < 1:
-        raise ValueError(f"max_steps={max_steps}: expected a positive number of agent steps or None")
-    seed_everything(seed)
-    for module in models.values():
-        module.eval()
-    envs = make_vector_env(env_name, num_envs, seed, training=False, image_size=cfg.BasicSettings.ImageSize,
-                           protocol=cfg.BasicSettings.AtariProtocol)
-    try:
-        actor = make_actor(cfg, models, envs.single_action_space, num_envs, evaluation=True)
-        quota = np.full(num_envs, episodes // num_envs)
-        quota[:episodes % num_envs] += 1
-        played = np.zeros(num_envs, dtype=np.int64)
-        episode_return = np.zeros(num_envs)
-        episode_length = np.zeros(num_envs, dtype=np.int64)
-        returns = []
-        obs, _ = envs.reset()
-        while (played < quota).any():
-            obs, reward, terminated, truncated, _ = envs.step(actor.act(obs))
-            episode_return += reward
-            episode_length += 1
-            finished = terminated | truncated           # game over, or the env's own time limit
-            capped = ~finished & (episode_length >= (max_steps or np.inf))
-            ended = finished | capped
-            for i in np.flatnonzero(ended & (played < quota)):
-                returns.append(episode_return[i])
-                played[i] += 1
-                if on_episode_end is not None:
-                    on_episode_end(float(episode_return[i]))
-            episode_return[ended] = 0.0
-            episode_length[ended] = 0
-            actor.end_episodes(ended)
-            # The vector env resets an env by itself only when its episode finishes; an env
-            # cut by max_steps that still owes episodes is restarted here.
-            restart = capped & (played < quota)
-            if restart.any():
-                obs, _ = envs.reset(options={"reset_mask": restart})
-    finally:
-        envs.close()
-    return np.asarray(returns, dtype=np.float64)
 
 
 # ---------------------------------------------------------------------- run files
@@ -270,9 +197,7 @@ def model_config(weights: dict, given, path: Path, env_name: str):
         raise EvalError(f"{path}: its stored config cannot be read: {error}") from None
     if cfg.BasicSettings.env_name != env_name:
         raise EvalError(f"{path} was trained on {cfg.BasicSettings.env_name!r}, not -env_name={env_name!r}")
-    acting_keys = (("REMTrain.EvalTemperature",) if cfg.BasicSettings.model == "REM"
-                   else ("JointTrainAgent.RealityContextLength",))
-    differences = config_differences(weights["config"], given, acting_keys)
+    differences = config_differences(weights["config"], given, family_of(cfg).acting_keys)
     if differences:
         print(f"warning: {path} was trained with another configuration than the one given; evaluating with "
               "the stored one:\n  " + "\n  ".join(differences), file=sys.stderr)
@@ -311,7 +236,8 @@ def run(args: argparse.Namespace) -> None:
         if weights["config"] != built_for:   # every checkpoint of a run shares one config: built once
             cfg = model_config(weights, given, path, args.env_name)
             bf16 = evaluation_bf16(cfg.BasicSettings.MixedPrecision, device)
-            models = build_run_models(cfg, weights["action_dim"], weights["discrete"], device, bf16)
+            family = family_of(cfg)
+            models = family.build_models(cfg, weights["action_dim"], weights["discrete"], device, bf16)
             built_for = weights["config"]
         missing = [name for name in models if name not in weights]
         if missing:
@@ -325,8 +251,8 @@ def run(args: argparse.Namespace) -> None:
 
         with tqdm(total=args.episodes, desc=f"{args.run_name} step {step}", unit="episode", dynamic_ncols=True,
                   disable=None) as bar:
-            returns = evaluate_checkpoint(models, cfg, args.env_name, args.episodes, args.num_envs,
-                                          args.seed + EVAL_SEED_OFFSET, args.max_steps,
+            returns = evaluate_checkpoint(models, cfg, family.make_actor, args.env_name, args.episodes,
+                                          args.num_envs, args.seed + EVAL_SEED_OFFSET, args.max_steps,
                                           on_episode_end=lambda _: bar.update())
         results[step] = summary_row(step, returns)
         write_results(csv_path, results)

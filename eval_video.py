@@ -27,9 +27,10 @@ import torch
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from agents import build_models
-from config import CONFIG_DIR, ConfigError, compose_config, config_name_from_path, stored_config
-from eval import EVAL_SEED_OFFSET, EvalError, checkpoint_steps, find_run, load_weights, read_results, write_results
+from config import CONFIG_DIR, ConfigError, config_name_from_path
+from eval import EvalError, checkpoint_steps, find_run, load_weights, read_results, write_results
+from evaluation import EVAL_SEED_OFFSET
+from families import compose_config, family_of, stored_config
 from tools.video_prediction.fvd import I3D_SIZE, fvd_from_features, i3d_features
 from tools.video_prediction.figure import prediction_figure
 from tools.video_prediction.protocol import (ProtocolError, collect_episodes, cut_clips, open_loop_rollout,
@@ -115,6 +116,9 @@ def load_run(args):
         cfg = stored_config(saved, named)
     except (ConfigError, ValueError) as error:
         raise EvalError(f"{available[step]}: its stored config cannot be read: {error}") from None
+    if not family_of(cfg).video_prediction:
+        raise EvalError(f"{args.run_name} is a {cfg.BasicSettings.Family}-family run: the video-prediction protocol "
+                        "needs a world model that imagines and decodes frames beside an agent (STORM, GIT-STORM)")
     stored_env = cfg.BasicSettings.env_name
     if args.env_name is not None and args.env_name != stored_env:
         raise EvalError(f"-env_name={args.env_name}, but {args.run_name} was trained on {stored_env}")
@@ -147,7 +151,8 @@ def run(args) -> dict[str, str]:
         raise EvalError(f"-device={args.device}: {error}") from None
     if "action_dim" not in weights or "discrete" not in weights:
         raise EvalError(f"weights_{step}.pt lacks action_dim/discrete: it was written by an older train.py")
-    world_model, agent = build_models(cfg, weights["action_dim"], weights["discrete"], device, bf16)
+    models = family_of(cfg).build_models(cfg, weights["action_dim"], weights["discrete"], device, bf16)
+    world_model, agent = models["world_model"], models["agent"]
     try:
         world_model.load_state_dict(weights["world_model"])
         agent.load_state_dict(weights["agent"])

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from config import ConfigError, compose_config  # noqa: E402
+from config import ConfigError  # noqa: E402
+from families import compose_config  # noqa: E402
 from sub_models.functions_losses import categorical_kl  # noqa: E402
 from sub_models.latents import VectorQuantizer  # noqa: E402
 from sub_models.state_mixer import MULTI_TOKEN_MIXERS  # noqa: E402
@@ -180,7 +181,7 @@ def event_tags(folder: Path) -> set[str]:
                                  "Models.WorldModel.Latent=vqvae"])
 @pytest.mark.parametrize("prior", ["mlp", "maskgit"])
 def test_ablation_key_trains_end_to_end(tmp_path, key, prior):
-    from train import Trainer
+    from families.storm.trainer import Trainer
 
     cfg = compose_config("STORM", TINY + [key, f"Models.WorldModel.Prior={prior}", "BasicSettings.n=ablation",
                                           "JointTrainAgent.VideoEverySteps=40",   # imagined rollout + decode

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from agents import ActorCriticAgent, ContinuousActionDist, ReturnNormalizer, lambda_returns, percentile
-from config import compose_config
+from families import compose_config
 from sub_models.world_models import Imagination
 
 LATENT, HIDDEN = 8, 8          # s = [z (8), h (8)] -> state_dim 16
@@ -407,7 +407,7 @@ def test_discrete_policy_samples_valid_actions():
 
 
 def test_continuous_policy_draws_unclipped_and_env_gets_them_clipped():
-    from acting import EnvActor
+    from families.storm.acting import EnvActor
     import gymnasium
     agent = make_agent(discrete=False, action_dim=3)
     drawn = agent.policy(torch.randn(200, LATENT), torch.randn(200, HIDDEN))

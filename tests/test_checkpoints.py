@@ -67,8 +67,9 @@ def test_a_failed_save_at_each_write_keeps_the_previous_checkpoint_and_says_what
     status 1 and one line naming the folder and the space a save needs. Then every write failing
     in turn with ENOSPC, EIO or EACCES: the same message, and step 10's files stay byte for byte,
     with no temporary or half-written files; the same command afterwards resumes and finishes."""
-    from config import compose_config
-    from train import SaveError, Trainer
+    from families import compose_config
+    from run_trainer import SaveError
+    from families.storm.trainer import Trainer
 
     command = train_command(tmp_path, *SHORT)
     folder = tmp_path / "saved_models" / "disk"
@@ -112,8 +113,8 @@ def test_too_little_free_space_is_said_before_the_run_starts(tmp_path, monkeypat
     """Two full buffer files (a save writes the new one before removing the old) must fit: the
     warning names the folder and the sizes. TINY's buffer: 10,000 steps x (64 x 64 x 3 bytes
     + 8-byte action + 4 + 4) = 123.0 MB at capacity."""
-    from config import compose_config
-    from train import Trainer
+    from families import compose_config
+    from families.storm.trainer import Trainer
 
     cfg = compose_config("STORM", TINY + SHORT + [f"BasicSettings.RunsDir={tmp_path}/runs",
                                                   f"BasicSettings.CheckpointDir={tmp_path}/saved_models"])
@@ -128,8 +129,8 @@ def test_too_little_free_space_is_said_before_the_run_starts(tmp_path, monkeypat
 
 
 def test_deterministic_setting_turns_on_deterministic_kernels(tmp_path):
-    from config import compose_config
-    from train import Trainer
+    from families import compose_config
+    from families.storm.trainer import Trainer
 
     overrides = TINY + SHORT + [f"BasicSettings.RunsDir={tmp_path}/runs", "BasicSettings.Deterministic=true"]
     assert not torch.are_deterministic_algorithms_enabled()
@@ -161,8 +162,9 @@ def finished_run(tmp_path_factory):
     ("weights of another model", "{folder}/checkpoint_20.pt: its world_model does not fit this run's model ("),
 ])
 def test_corrupt_or_missing_pieces_name_the_file_and_the_fix(finished_run, tmp_path, damage, expected):
-    from config import compose_config
-    from train import CheckpointError, Trainer
+    from families import compose_config
+    from run_trainer import CheckpointError
+    from families.storm.trainer import Trainer
 
     shutil.copytree(finished_run, tmp_path, dirs_exist_ok=True)
     folder = tmp_path / "saved_models" / "disk"
@@ -204,8 +206,8 @@ def test_a_second_signal_during_the_save_is_ignored_and_the_files_are_whole(fini
     """SIGTERM, then SIGINT in the middle of writing the checkpoint file: the save completes, the
     checkpoint loads, and the run would exit with the requeue status after handing the first
     signal to the handler installed before ours (as submitit's is), not the second."""
-    from config import compose_config
-    from train import Trainer
+    from families import compose_config
+    from families.storm.trainer import Trainer
 
     shutil.copytree(finished_run, tmp_path, dirs_exist_ok=True)
     cfg = compose_config("STORM", TINY + SHORT + [f"BasicSettings.RunsDir={tmp_path}/runs",

@@ -2,7 +2,8 @@
 import pytest
 from omegaconf import OmegaConf
 
-from config import ConfigError, compose_config, config_differences, default_run_name, stored_config
+from config import ConfigError, config_differences, default_run_name
+from families import compose_config, stored_config
 
 
 def test_paper_defaults():

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from agents import build_models
-from config import compose_config
+from families import compose_config
 from test_train import REPO, TINY, run, steps_of, train_command
 from test_update_steps import HORIZON, batches, train
 from update_steps import UpdateSteps

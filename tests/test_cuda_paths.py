@@ -92,9 +92,9 @@ def test_training_step_waits_for_the_gpu_only_for_the_action(prior, host_syncs_r
     """One env step of train.py's loop on CUDA (eager, fp32 and bf16): the world-model update,
     imagination and the agent update never wait for the GPU; acting waits once, for the action
     the env needs on the host."""
-    from acting import EnvActor
+    from families.storm.acting import EnvActor
     from agents import build_models
-    from config import compose_config
+    from families import compose_config
     for bf16 in (False, True):
         cfg = compose_config("STORM", ["+preset=cpu", f"Models.WorldModel.Prior={prior}"])
         world_model, agent = build_models(cfg, 18, True, torch.device("cuda"), bf16)
@@ -122,13 +122,13 @@ def test_training_step_waits_for_the_gpu_only_for_the_action(prior, host_syncs_r
 def test_rem_updates_never_wait_for_the_gpu(host_syncs_raise):
     """The tokenizer, world-model and controller updates of an epoch, from a buffer in GPU memory,
     with the valid segment steps found once before (nonzero) as the first update of an epoch does."""
-    from agents import build_run_models
-    from config import compose_config
-    from sub_models.rem.segments import EpisodeSegments
-    from sub_models.rem.trainer import CONTROLLER_MIN_REAL_STEPS
+    from families import family_of
+    from families import compose_config
+    from families.rem.segments import EpisodeSegments
+    from families.rem.trainer import CONTROLLER_MIN_REAL_STEPS
     cfg = compose_config("REM", ["+preset=rem_cpu"])
     train, wm_cfg = cfg.REMTrain, cfg.Models.RetNetWorldModel
-    models = build_run_models(cfg, 18, True, torch.device("cuda"), False)
+    models = family_of(cfg).build_models(cfg, 18, True, torch.device("cuda"), False)
     tokenizer, world_model, controller = models["tokenizer"], models["world_model"], models["controller"]
     buffer = ReplayBuffer((64, 64, 3), (), torch.long, 1, 200, 0, device="cuda", store_on_device=True)
     rng = np.random.default_rng(0)
@@ -156,8 +156,8 @@ def test_rem_updates_never_wait_for_the_gpu(host_syncs_raise):
 def test_rem_trains_with_tf32_matmuls_within_tolerance_of_full_fp32(tmp_path):
     """REMTrainer allows TF32 on CUDA; the world-model loss of REM's paper-size model on one batch
     then stays within 1e-2 relative of the full-fp32 one."""
-    from config import compose_config
-    from sub_models.rem.trainer import REMTrainer
+    from families import compose_config
+    from families.rem.trainer import REMTrainer
     cfg = compose_config("REM", [f"BasicSettings.RunsDir={tmp_path}/runs", f"BasicSettings.CheckpointDir={tmp_path}/s",
                                  "BasicSettings.Device=cuda", "BasicSettings.n=tf32"])
     try:
@@ -185,7 +185,7 @@ def test_rem_trains_with_tf32_matmuls_within_tolerance_of_full_fp32(tmp_path):
 def test_phase_timer_bills_gpu_work_to_the_phase_that_queued_it():
     """~50 ms of GPU work queued in microseconds, then a phase that waits for it: the wall clock
     would give the first phase ~0 and the waiting one ~50 ms; the CUDA events give it back."""
-    from train import PhaseTimer
+    from run_trainer import PhaseTimer
     timer = PhaseTimer(torch.device("cuda"))
     torch.cuda.synchronize()
     with timer("queue"):

@@ -14,8 +14,10 @@ import pytest
 import torch
 
 import eval as eval_script
-from config import compose_config
+import evaluation
 from agents import build_models
+from families import compose_config
+from families.storm.acting import make_actor
 
 REPO = Path(__file__).resolve().parent.parent
 RUN = "Breakout-STORM-seed_0"          # the name eval_manager.sh looks for
@@ -208,17 +210,17 @@ class ScriptedRewards(gymnasium.vector.VectorWrapper):
 def test_evaluate_checkpoint_counts_a_fixed_share_per_env(monkeypatch):
     cfg = compose_config("STORM", ["+preset=cpu", f"BasicSettings.env_name={ENV}"])
     world_model, agent = build_models(cfg, 4, True, torch.device("cpu"), False)
-    make_vector_env, made = eval_script.make_vector_env, []
+    make_vector_env, made = evaluation.make_vector_env, []
 
     def make_scripted(*args, **kwargs):
         made.append(ScriptedRewards(make_vector_env(*args, **kwargs), terminate_at={1: {3}}))
         return made[-1]
 
-    monkeypatch.setattr(eval_script, "make_vector_env", make_scripted)
+    monkeypatch.setattr(evaluation, "make_vector_env", make_scripted)
     finished = []
     models = {"world_model": world_model, "agent": agent}
-    returns = eval_script.evaluate_checkpoint(models, cfg, ENV, episodes=3, num_envs=2, seed=5,
-                                              max_steps=5, on_episode_end=finished.append)
+    returns = evaluation.evaluate_checkpoint(models, cfg, make_actor, ENV, episodes=3, num_envs=2, seed=5,
+                                             max_steps=5, on_episode_end=finished.append)
     # Env 0 owes 2 episodes: steps 1-5 and 6-10, both cut by max_steps. Env 1 owes 1: its
     # game ends at step 3; its cut at step 8 comes after its share and is not counted.
     assert sorted(returns.tolist()) == [1 + 2 + 3 + 4 + 5, 6 + 7 + 8 + 9 + 10, 101 + 102 + 103]
@@ -233,5 +235,5 @@ def test_evaluate_checkpoint_rejects_more_envs_than_episodes():
     cfg = compose_config("STORM", ["+preset=cpu", f"BasicSettings.env_name={ENV}"])
     world_model, agent = build_models(cfg, 4, True, torch.device("cpu"), False)
     with pytest.raises(ValueError, match="num_envs=3: expected between 1 and episodes=2"):
-        eval_script.evaluate_checkpoint({"world_model": world_model, "agent": agent}, cfg, ENV, episodes=2,
-                                        num_envs=3, seed=0)
+        evaluation.evaluate_checkpoint({"world_model": world_model, "agent": agent}, cfg, make_actor, ENV,
+                                       episodes=2, num_envs=3, seed=0)

@@ -9,7 +9,7 @@ return well above 0 can only come from reading the frames.
 
 The test runs the real CLI (`python train.py +preset=cpu ...`, REM: `--config-name REM
 +preset=rem_cpu ...`) in a subprocess, loads the final weights it saved and plays evaluation
-episodes with the model's own acting rule (acting.make_actor), against a random policy on
+episodes with the model's own acting rule (its family's make_actor), against a random policy on
 the same env seeds.
 """
 import os
@@ -25,9 +25,9 @@ import torch
 from omegaconf import OmegaConf
 
 import env_wrapper
-from acting import EnvActor, make_actor
-from agents import build_run_models
 from env_wrapper import make_env, make_vector_env
+from families import family_of
+from families.storm.acting import EnvActor
 
 REPO = Path(__file__).resolve().parents[1]
 PIXEL_SIDE = "gym/tests.pixel_games:PixelSide-v0"
@@ -110,13 +110,13 @@ class torch_threads:
 @torch.no_grad()
 def play(env_name, num_envs, seed, cfg=None, models=None, episodes_per_env=1):
     """Returns of num_envs * episodes_per_env evaluation episodes (env i seeded seed + i),
-    acted by the trained models' acting rule (acting.make_actor), or, without models, by
+    acted by the trained models' acting rule (their family's make_actor), or, without models, by
     uniformly random actions."""
     envs = make_vector_env(env_name, num_envs, seed, training=False)
     space = envs.single_action_space
     random = models is None
     actor = (EnvActor(_NoModel(), None, space, num_envs, 1) if random
-             else make_actor(cfg, models, space, num_envs, evaluation=True))
+             else family_of(cfg).make_actor(cfg, models, space, num_envs, evaluation=True))
     returns = [[] for _ in range(num_envs)]
     obs, _ = envs.reset()
     while min(len(r) for r in returns) < episodes_per_env:
@@ -141,7 +141,7 @@ class _NoModel:
 def load_trained(weights_path):
     saved = torch.load(weights_path, map_location="cpu", weights_only=False)
     cfg = OmegaConf.create(saved["config"])
-    models = build_run_models(cfg, saved["action_dim"], saved["discrete"], torch.device("cpu"), False)
+    models = family_of(cfg).build_models(cfg, saved["action_dim"], saved["discrete"], torch.device("cpu"), False)
     for name, module in models.items():
         module.load_state_dict(saved[name])
         module.eval()

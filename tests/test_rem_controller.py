@@ -9,7 +9,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from config import ConfigError, compose_config, plain_section
+from config import ConfigError, plain_section
+from families import compose_config
 from sub_models.rem import build_rem_models
 from sub_models.rem.controller import Controller, lambda_returns, sample_actions
 from sub_models.rem.tokenizer import codes_from_tokens
@@ -115,7 +116,7 @@ def test_paper_size_parameter_count():
     assert n_params(c.action_embedding) == 2_048 and n_params(c) == 4_572_357
     no_actions = SimpleNamespace(**{**vars(plain_section(cfg.Models.Controller)), "IncludeActionInputs": False})
     assert n_params(Controller(no_actions, 256, 8, 4)) == 4_572_357 - 2_048
-    _, _, built = build_rem_models(cfg, 4)
+    built = build_rem_models(cfg, 4, True)["controller"]
     assert n_params(built) == 4_572_357
     codes = torch.randn(3, 256, 8, 8)
     logits, value, (h, cell) = c.observe(codes, c.initial_state(3))
@@ -267,7 +268,7 @@ def test_loss_by_hand_with_a_uniform_policy_and_a_constant_critic(monkeypatch):
 def test_update_trains_the_controller_only():
     cfg = config("+preset=rem_cpu")
     torch.manual_seed(0)
-    tokenizer, wm, controller = build_rem_models(cfg, 4)
+    tokenizer, wm, controller = build_rem_models(cfg, 4, True).values()
     tokens, actions, mask = segment(3, 21, cfg.Models.Tokenizer.VocabSize, 4)
     before = {name: p.detach().clone() for name, p in controller.named_parameters()}
     metrics, finite = controller.update(tokens, actions, mask, wm, tokenizer.codebook, horizon=10,

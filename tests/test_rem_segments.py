@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from replay_buffer import ReplayBuffer
-from sub_models.rem.segments import EpisodeSegments
+from families.rem.segments import EpisodeSegments
 
 
 def filled_buffer(ends_at, steps=12, capacity=20, num_envs=1):

@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from config import ConfigError, compose_config
+from config import ConfigError
+from families import compose_config
 from sub_models.rem import build_rem_models
 from sub_models.rem.tokenizer import Tokenizer
 from sub_models.rem.world_model import POPWorldModel, sample_categorical
@@ -55,7 +56,7 @@ def test_paper_sizes_match_the_spec():
     wm4 = POPWorldModel(cfg.Models.RetNetWorldModel, 512, 4)
     assert n_params(wm4.retnet.layers[0]) == 855_552
     assert n_params(wm4) == 4_756_997
-    tok18, wm18, _ = build_rem_models(cfg, 18)
+    tok18, wm18 = (build_rem_models(cfg, 18, True)[name] for name in ("tokenizer", "world_model"))
     assert n_params(wm18) == 4_760_581 and n_params(tok18) == 3_189_667
     x = torch.zeros(2, 64, 64, 3, dtype=torch.uint8)
     tokens, z, z_q = tok.encode(x)

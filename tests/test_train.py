@@ -174,8 +174,9 @@ def test_resume_with_another_model_config_is_refused(tmp_path):
 
 
 def test_non_finite_updates_are_skipped_then_stop_the_run_naming_step_and_loss(tmp_path):
-    from config import compose_config
-    from train import NonFiniteLossError, Trainer
+    from families import compose_config
+    from run_trainer import NonFiniteLossError
+    from families.storm.trainer import Trainer
 
     cfg = compose_config("STORM", TINY + [f"BasicSettings.RunsDir={tmp_path}/runs", "BasicSettings.n=nan",
                                           f"BasicSettings.CheckpointDir={tmp_path}/saved_models",
@@ -221,8 +222,8 @@ def test_resume_after_kill_once_the_buffer_wrapped_loses_and_duplicates_nothing(
     """BufferMaxLength (48) < SampleMaxSteps (160): a run killed after the buffer wrapped resumes
     from its checkpoint with the buffer's contents and write position, the step counter and
     the optimiser states, and finishes; re-running the finished run says it is done."""
-    from config import compose_config
-    from train import Trainer
+    from families import compose_config
+    from families.storm.trainer import Trainer
 
     overrides = ["JointTrainAgent.SampleMaxSteps=160", "JointTrainAgent.SaveEverySteps=40",
                  "JointTrainAgent.BufferMaxLength=48", "JointTrainAgent.KeepCheckpoints=5",
@@ -266,8 +267,8 @@ def test_config_error_is_one_clear_line_and_exit_status_2(tmp_path):
 
 
 def test_videos_and_sampling_figures_do_not_change_the_training_random_stream(tmp_path):
-    from config import compose_config
-    from train import Trainer
+    from families import compose_config
+    from families.storm.trainer import Trainer
     from torch.utils.tensorboard import SummaryWriter
 
     cfg = compose_config("STORM", TINY + [f"BasicSettings.RunsDir={tmp_path}/runs", "BasicSettings.n=video",

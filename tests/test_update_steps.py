@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from agents import ActorCriticAgent
-from config import ConfigError, compose_config
+from config import ConfigError
+from families import compose_config
 from test_world_model import _forbidden, config, tiny_world_model
 from update_steps import GraphedUpdate, UpdateSteps, hot_path_mode
 

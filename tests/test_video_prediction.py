@@ -287,7 +287,7 @@ def test_rollout_past_the_window_with_several_tokens_per_step(mixer):
     steps cached, not the tokens. Context 2, window 4, horizon 6: steps 0-2 are predicted from
     one growing cache, so they equal those of a rollout that never rebuilds (same RNG); step 3
     is the first predicted from a cache rebuilt over the last 4 steps (positions from 0)."""
-    from config import compose_config
+    from families import compose_config
     from sub_models.world_models import WorldModel
     cfg = compose_config("STORM", ["+preset=cpu", f"Models.WorldModel.StateMixer={mixer}"])
     torch.manual_seed(0)

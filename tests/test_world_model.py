@@ -17,10 +17,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from config import compose_config  # noqa: E402
+from families import compose_config  # noqa: E402
 from sub_models.functions_losses import (SymlogTwoHot, categorical_kl,  # noqa: E402
                                          sample_one_hot_straight_through, symexp, symlog, unimix_logits)
-from sub_models.priors import MLPPrior, PriorKL, kl_pair  # noqa: E402
+from sub_models.prior_head import PriorKL, kl_pair  # noqa: E402
+from sub_models.priors import MLPPrior  # noqa: E402
 from sub_models.state_mixer import MIXERS  # noqa: E402
 from sub_models.transformer_model import StochasticTransformer  # noqa: E402
 from sub_models.world_models import Decoder, Encoder, WorldModel  # noqa: E402

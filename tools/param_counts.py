@@ -17,7 +17,7 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
 from agents import ActorCriticAgent  # noqa: E402
-from config import compose_config  # noqa: E402
+from families import compose_config  # noqa: E402
 from sub_models.world_models import WorldModel  # noqa: E402
 
 PARTS = (("encoder", "encoder"), ("decoder", "decoder"), ("sequence model (mixer + transformer)", "sequence_model"),
@@ -105,7 +105,7 @@ def rem_counts(action_dim, overrides):
     """REM's tokenizer (without LPIPS), POP world model and controller (config_files/REM.yaml)."""
     from sub_models.rem import build_rem_models
     cfg = compose_config("REM", list(overrides))
-    tok, wm, controller = build_rem_models(cfg, action_dim)
+    tok, wm, controller = build_rem_models(cfg, action_dim, True).values()
     codebook_convs = count(tok.pre_quant_conv) + count(tok.post_quant_conv)
     heads = count(wm.head_observations) + count(wm.head_rewards) + count(wm.head_ends)
     print(f"\nREM, {'paper' if not overrides else overrides[0]} sizes, {action_dim} actions\n")

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from sub_models.functions_losses import unimix_logits
 from sub_models.maskgit.transformer import ARCHITECTURES, BidirectionalTransformer
-from sub_models.priors import PriorHead, PriorKL, kl_pair
+from sub_models.prior_head import PriorHead, PriorKL, kl_pair
 
 MASK_SCHEDULES = ("cosine", "linear")
 MASK_ROUNDINGS = ("floor", "ceil")

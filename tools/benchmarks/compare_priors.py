@@ -42,7 +42,7 @@ if REPO_ROOT not in sys.path:
 
 import torch  # noqa: E402
 
-from config import compose_config  # noqa: E402
+from families import compose_config  # noqa: E402
 from sub_models.world_models import WorldModel  # noqa: E402
 from utils import native_bf16  # noqa: E402
 

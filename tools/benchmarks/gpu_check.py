@@ -100,7 +100,7 @@ def environment_worker(args) -> dict:
 def phase_worker(args) -> dict:
     """One model in one update mode: the three phases timed, peak memory, launches per env step."""
     import torch
-    from config import compose_config
+    from families import compose_config
     from tools.benchmarks.throughput import Phases, launch_counts, profiler_activities, timed
     from update_steps import GraphedUpdate
     from utils import select_device
@@ -142,7 +142,7 @@ def phase_worker(args) -> dict:
 
 
 def loop_worker(args) -> dict:
-    from config import compose_config
+    from families import compose_config
     from tools.benchmarks.throughput import run_loop
     device = "cpu" if args.dry_run else "cuda"
     overrides = (DRY_SIZES if args.dry_run else []) + [

@@ -17,8 +17,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from acting import ControllerActor  # noqa: E402
-from config import compose_config  # noqa: E402
+from families.rem.acting import ControllerActor  # noqa: E402
+from families import compose_config  # noqa: E402
 from sub_models.rem import build_rem_models  # noqa: E402
 from tools.benchmarks.throughput import timed  # noqa: E402
 from utils import select_device  # noqa: E402
@@ -40,7 +40,7 @@ def main(argv=None):
     train, tok_cfg, wm_cfg = cfg.REMTrain, cfg.Models.Tokenizer, cfg.Models.RetNetWorldModel
     device = select_device(args.device)
     torch.manual_seed(0)
-    tokenizer, world_model, controller = build_rem_models(cfg, args.actions, device)
+    tokenizer, world_model, controller = build_rem_models(cfg, args.actions, True, device).values()
     size, k = cfg.BasicSettings.ImageSize, wm_cfg.TokensPerBlock - 1
 
     def frames(*shape):

@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from config import compose_config  # noqa: E402
+from families import compose_config  # noqa: E402
 from agents import build_models  # noqa: E402
 from update_steps import MODES, GraphedUpdate, UpdateSteps  # noqa: E402
 from utils import select_device, use_bf16  # noqa: E402
@@ -174,7 +174,8 @@ def run_loop(cfg, steps: int | None = None, seconds: float | None = None, profil
     ready, then enough updates to compile and capture), `profile_steps` steps under
     torch.profiler, then `steps` env steps or as many as fit in `seconds` and before the clock
     time `stop_by` (time.time()), timed per phase."""
-    from train import PhaseTimer, Trainer
+    from run_trainer import PhaseTimer
+    from families.storm.trainer import Trainer
     train = cfg.JointTrainAgent
     # the buffer becomes ready after warmup + NumEnvs steps; then the updates that compile / capture
     start_at = train.BufferWarmUp + (GraphedUpdate.WARMUP_CALLS + 2) * train.NumEnvs

@@ -1,8 +1,8 @@
 """The video-prediction protocol of the paper (section 4, appendix K), step by step.
 
 1. `collect_episodes`: play whole episodes in the real environment with the trained agent
-   (acting.EnvActor, the acting rule of training and eval.py), recording for every step the
-   frame o_t the action was taken on and the action a_t.
+   (EnvActor in families/storm/acting.py, the acting rule of training and eval.py), recording
+   for every step the frame o_t the action was taken on and the action a_t.
 2. `cut_clips`: cut clips of `context + horizon` consecutive steps inside one episode. Each
    episode is tiled into disjoint windows from a random offset; `videos` windows are drawn
    uniformly without replacement from all episodes' windows. Clips never overlap and never
@@ -20,7 +20,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 import torch
 
-from acting import EnvActor
+from families.storm.acting import EnvActor
 from env_wrapper import make_vector_env
 from sub_models.world_models import autocast_for
 

@@ -1,7 +1,7 @@
 """REM's training loop (REM_SPEC.md section 1): epochs of collection, then updates of the
 tokenizer V, the world model M and the controller C, each with its own batches, optimiser and
-start epoch. train.py selects it when BasicSettings.model is REM; run folders, checkpoints,
-resume, logging and the progress bar are train.RunTrainer's, shared with STORM.
+start epoch. It is the REM family's loop (families/rem/__init__.py); run folders, checkpoints,
+resume, logging and the progress bar are run_trainer.RunTrainer's, shared with every family.
 
 Epoch e = 1 .. REMTrain.Epochs runs, in order:
 
@@ -25,7 +25,7 @@ carries on inside that epoch, nothing redone.
 
 With the paper's numbers: 500 x 200 = 100k collected steps, then 100 epochs of updates only.
 REM's episodes end at a life loss, game over or time limit (all three are stored as
-terminations), and its segments never cross an episode's end (sub_models/rem/segments.py).
+terminations), and its segments never cross an episode's end (families/rem/segments.py).
 
 TensorBoard's x-axis is the *schedule step*, epoch x CollectStepsPerEpoch x NumEnvs: the env
 step while collecting, and it keeps counting through the update-only epochs (progress/env_steps
@@ -39,12 +39,12 @@ import torch
 from omegaconf import DictConfig
 from torch.utils.tensorboard import SummaryWriter
 
-from acting import make_actor
-from agents import build_run_models
-from eval import EVAL_SEED_OFFSET, evaluate_checkpoint
+from evaluation import EVAL_SEED_OFFSET, evaluate_checkpoint
+from families.rem.acting import make_actor
+from families.rem.segments import EpisodeSegments
 from replay_buffer import ReplayBuffer
-from sub_models.rem.segments import EpisodeSegments
-from train import RunTrainer, never
+from run_trainer import RunTrainer, never
+from sub_models.rem import build_rem_models
 from utils import rng_state, set_rng_state
 
 # A world-model segment starts where at least ContextLength + 1 real steps follow (REM's
@@ -62,7 +62,7 @@ class REMTrainer(RunTrainer):
             # (fp32 range, 10-bit mantissa; convolutions already do by default), ~4x the fp32
             # throughput. Its losses stay within 1e-2 relative of full fp32 (tests/test_cuda_paths.py).
             torch.set_float32_matmul_precision("high")
-        self.models = build_run_models(cfg, self.action_dim, self.discrete, self.device, self.bf16)
+        self.models = build_rem_models(cfg, self.action_dim, self.discrete, self.device, self.bf16)
         self.tokenizer, self.world_model, self.controller = (self.models[name] for name in
                                                              ("tokenizer", "world_model", "controller"))
         # REM keeps every collected step (its RAM cap is never reached at 100k steps).
@@ -193,13 +193,13 @@ class REMTrainer(RunTrainer):
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, episodes: int) -> np.ndarray:
-        """Returns of `episodes` test episodes with REM's acting rule (eval.evaluate_checkpoint), on
+        """Returns of `episodes` test episodes with REM's acting rule (evaluation.evaluate_checkpoint), on
         the same env seeds at every epoch (as eval.py gives every checkpoint); evaluating leaves
         the training run's random streams as they were."""
         train = self.cfg.REMTrain
         state = rng_state(self.device)   # evaluate_checkpoint seeds every generator; put the training streams back
         try:
-            return evaluate_checkpoint(self.models, self.cfg, self.cfg.BasicSettings.env_name, episodes,
+            return evaluate_checkpoint(self.models, self.cfg, make_actor, self.cfg.BasicSettings.env_name, episodes,
                                        min(train.EvalNumEnvs, episodes),
                                        self.cfg.BasicSettings.Seed + EVAL_SEED_OFFSET)
         finally:

@@ -1,14 +1,13 @@
 """The shape of config_files/REM.yaml and the checks that its sizes fit together.
 
-`config.validate` uses this schema instead of the STORM one when `BasicSettings.model` is
-"REM"; unknown keys, wrong types and missing values are reported the same way.
+`families.validate` types a REM config with `REMConfigSchema` and then calls `check_config`;
+unknown keys, wrong types and missing values are reported the same way as for every family.
 """
 from dataclasses import dataclass, field
 
 from omegaconf import MISSING, OmegaConf
 
-import config
-from config import BasicSettingsSchema   # the BasicSettings section is shared with STORM's configs
+from config import BasicSettingsSchema, require   # the BasicSettings section is every family's
 
 
 @dataclass
@@ -111,8 +110,6 @@ class REMConfigSchema:
     Models: REMModelsSchema = field(default_factory=REMModelsSchema)
 
 
-CHOICES = {path: allowed for path, allowed in config.CHOICES.items() if path.startswith("BasicSettings.")}
-
 POSITIVE = (
     "REMTrain.Epochs", "REMTrain.CollectStepsPerEpoch", "REMTrain.NumEnvs", "REMTrain.TokenizerBatchSize",
     "REMTrain.WorldModelBatchSize", "REMTrain.WorldModelBatchLength", "REMTrain.ControllerBatchSize",
@@ -127,11 +124,8 @@ POSITIVE = (
 )
 
 
-def check_rem(cfg, require) -> None:
-    """Size checks; `require(condition, path, value, expected)` raises config.ConfigError."""
-    for path, allowed in CHOICES.items():
-        value = OmegaConf.select(cfg, path)
-        require(value in allowed, path, value, f"expected one of {', '.join(allowed)}")
+def check_config(cfg) -> None:
+    """The size checks of a typed REM config; raises config.ConfigError."""
     for path in POSITIVE:
         value = OmegaConf.select(cfg, path)
         require(value >= 1, path, value, "expected a positive integer")
