@@ -16,8 +16,8 @@ PixelSide-v0
     see the first frame of an episode (see below) still gets 15 + E[+-1] = 15 on average.
 
     Why alternating and not a fresh random side every step: the acting rule of STORM and
-    GIT-STORM (SPEC 5, acting.py) gives the policy the world model's *prior prediction* of
-    the current frame, made from the frames before it; the current frame itself enters the
+    GIT-STORM (SPEC 5, families/storm/acting.py) gives the policy the world model's *prior
+    prediction* of the current frame, made from the frames before it; the current frame itself enters the
     history only after the action. A side that is drawn anew every step cannot be predicted
     from the past, so under that rule no agent can beat random on such a game (it is
     registered too, as PixelSideRandom-v0, to check exactly that). Here the side is

@@ -1,4 +1,4 @@
-"""REM's episode segments over the replay buffer (sub_models/rem/segments.py), checked against
+"""REM's episode segments over the replay buffer (families/rem/segments.py), checked against
 episodes laid out by hand. Every frame is filled with (its append count + 1), so a real frame
 is never 0 and a padded one always is."""
 from unittest import mock

@@ -1,4 +1,4 @@
-"""REM through the real command line (train.py selects sub_models/rem/trainer.py): the epoch
+"""REM through the real command line (train.py runs families/rem/trainer.py): the epoch
 schedule, events, checkpoints, resuming after a kill with nothing lost, and eval.py's CSV.
 
 Runs on the tests' pixel game (episodes of 16 steps) with the rem_cpu preset and a short
