@@ -9,13 +9,34 @@ _VISIBLE_DEVICES = os.environ.get("CUDA_VISIBLE_DEVICES")
 
 
 def pytest_collection_modifyitems(config, items):
-    """Tests marked `cuda` ask for the GPU explicitly; without one they are skipped, not failed."""
+    """Tests marked `cuda` ask for the GPU explicitly; without one they are skipped, not failed.
+    Tests of a module that trains in the background (`start_background_training`) go last, so
+    that the others run while it trains."""
+    items.sort(key=lambda item: hasattr(getattr(item, "module", None), "start_background_training"))
     if _CUDA_AVAILABLE():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+def _background_modules(session):
+    return {item.module for item in getattr(session, "items", [])
+            if hasattr(getattr(item, "module", None), "start_background_training")}
+
+
+def pytest_collection_finish(session):
+    """Start the background training of the modules selected (tests/test_learning.py): their
+    runs take minutes on one core each, and most of the suite leaves a core free."""
+    if not session.config.option.collectonly:
+        for module in _background_modules(session):
+            module.start_background_training()
+
+
+def pytest_sessionfinish(session):
+    for module in _background_modules(session):
+        module.stop_background_training()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -13,8 +13,10 @@ episodes with the model's own acting rule (its family's make_actor), against a r
 the same env seeds.
 """
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -176,10 +178,12 @@ CASES = {
     "REM": (["--config-name", "REM", "+preset=rem_cpu", "BasicSettings.AtariProtocol=storm",
              *(f"REMTrain.{key}={value}" for key, value in REM_SCHEDULE.items()),
              "Models.Tokenizer.LearningRate=1e-3", "Models.RetNetWorldModel.LearningRate=5e-4",
-             "Models.Controller.LearningRate=3e-3", "Models.Controller.EntropyWeight=0.1"], REM_SCHEDULE["Epochs"] * REM_SCHEDULE["CollectStepsPerEpoch"]),
+             "Models.Controller.LearningRate=3e-3", "Models.Controller.EntropyWeight=0.1"],
+            REM_SCHEDULE["Epochs"] * REM_SCHEDULE["CollectStepsPerEpoch"]),
 }
 EVAL_ENVS, EPISODES_PER_ENV, EVAL_SEED = 16, 2, 10_000
 MARGIN = 8.0   # out of a best of 16; random scores 0 on average (see the module docstring)
+RUN_TIMEOUT = 1500   # seconds from a run's start: the suite runs beside it
 
 
 def train_command(case, run_root):
@@ -188,34 +192,52 @@ def train_command(case, run_root):
             "BasicSettings.n=learn"]
 
 
-@pytest.fixture(scope="module")
-def training_runs(tmp_path_factory):
-    """Train every case at once, one process per case with one torch thread each (three
-    processes on this project's 2-core CPU; several torch threads per process on a busy machine
-    slow an update down several-fold). Returns {case: (run_root, seconds, exit code, log)}."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    started = {}
+# The runs train in the background from the end of collection (conftest.py starts them and
+# puts this module's tests last), so the rest of the suite, which keeps about one of the two
+# cores busy, runs beside them; run alone, this module starts them itself.
+_background: dict | None = None   # {case: (run_root, log file, process, start time)}
+
+
+def start_background_training() -> None:
+    """Start one train.py process per case, with one torch thread each (three processes on this
+    project's 2-core CPU; several torch threads per process on a busy machine slow an update
+    down several-fold); a no-op once started."""
+    global _background
+    if _background is not None:
+        return
+    # no GPU, as for every test (conftest.cpu_only, which is not yet in force at collection)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    _background = {}
     for name in CASES:
-        root = tmp_path_factory.mktemp(f"learn_{name}")
+        root = Path(tempfile.mkdtemp(prefix=f"learn_{name}_"))
         log = open(root / "train.log", "w")
         process = subprocess.Popen(train_command(name, root), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        started[name] = (root, log, process, time.time())
+        _background[name] = (root, log, process, time.time())
+
+
+def stop_background_training() -> None:
+    """Kill what still runs (an aborted session) and remove the run folders."""
+    for root, log, process, _ in (_background or {}).values():
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        log.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def training_runs():
+    """{case: (run_root, seconds, exit code, log)} once every case's run has ended."""
+    start_background_training()
     runs = {}
-    try:
-        for name, (root, log, process, start) in started.items():
-            try:
-                code = process.wait(timeout=900)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                code = process.wait()
-            log.close()
-            runs[name] = (root, time.time() - start, code, (root / "train.log").read_text()[-4000:])
-    finally:
-        for _, log, process, _ in started.values():
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-            log.close()
+    for name, (root, log, process, start) in _background.items():
+        try:
+            code = process.wait(timeout=max(1, RUN_TIMEOUT - (time.time() - start)))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            code = process.wait()
+        log.flush()
+        runs[name] = (root, time.time() - start, code, (root / "train.log").read_text()[-4000:])
     return runs
 
 

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 import eval as eval_cli
-from config import CONFIG_DIR, compose_config
+from config import CONFIG_DIR
+from families import compose_config
 from tools.aggregate.cli import build_parser as aggregate_parser
 
 REPO = Path(__file__).resolve().parents[1]
