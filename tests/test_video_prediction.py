@@ -386,3 +386,21 @@ def test_aggregate_table_puts_ours_beside_the_paper(tmp_path, capsys):
     assert "| Boxing | paper | 1458.32 | 1580.32 | 49.24 | 54.95 | table 3 |" in text
     assert "| Quadruped Run | paper | 3560.33 | 1000.91 | 1.00 | 2.61 | table 4 |" in text
     assert (tmp_path / "table" / "video_prediction_table.csv").read_text().count("\n") == 14
+
+
+def test_command_refuses_a_family_without_video_prediction(tmp_path, capsys):
+    """A REM run's weights (config and entries as train.py writes them; the weights need not be
+    real): the protocol needs STORM's imagine/decode and agent, so one line says so."""
+    from omegaconf import OmegaConf
+
+    from families import compose_config
+    cfg = compose_config("REM", ["+preset=rem_cpu"])
+    run_dir = tmp_path / "saved_models" / "Boxing-REM-seed_1"
+    run_dir.mkdir(parents=True)
+    torch.save({"step": 64, "config": OmegaConf.to_container(cfg, resolve=True), "action_dim": 18, "discrete": True},
+               run_dir / "weights_64.pt")
+    code, _, err = video_main(capsys, "-run_name=Boxing-REM-seed_1", f"-checkpoint_dir={tmp_path / 'saved_models'}",
+                              "-no_fvd")
+    assert code == 2
+    assert err.strip() == ("error: Boxing-REM-seed_1 is a REM-family run: the video-prediction protocol needs a world "
+                           "model that imagines and decodes frames beside an agent (STORM, GIT-STORM)")
