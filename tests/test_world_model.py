@@ -450,6 +450,21 @@ def test_gradient_of_decoded_sample_reaches_encoder():
 # --------------------------------------------------------------------------- shapes and sizes
 
 
+def test_decoder_in_channels_last_computes_the_plain_layers():
+    """The decoder runs its layers in channels-last memory (for speed) and hands back contiguous
+    (N, H, W, 3) frames; the numbers are those of the same layers on ordinary NCHW tensors in
+    float64, up to float32 rounding (and the CPU's float32 channels-last BatchNorm statistics)."""
+    torch.manual_seed(0)
+    decoder = Decoder(3, 8, 3, 4, 4)   # 4x4 -> 8 -> 16 -> 32 pixels
+    z = F.one_hot(torch.randint(0, 4, (64, 4)), 4).float()                 # (64, K=4, C=4)
+    frames = decoder(z)
+    assert frames.shape == (64, 32, 32, 3) and frames.is_contiguous()
+    reference = decoder.double()
+    x = reference.from_latent(z.double().flatten(1)).view(-1, reference.top, 4, 4).contiguous()
+    expected = reference.deconvs(x).permute(0, 2, 3, 1)
+    assert torch.allclose(frames.double(), expected, atol=1e-5, rtol=1e-5)
+
+
 def test_encoder_decoder_shapes_full_size_and_cpu_preset():
     obs = torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8)
     encoder, decoder = Encoder(3, 32, 4, 32, 32), Decoder(3, 32, 4, 32, 32)
