@@ -103,8 +103,9 @@ def load_run(args):
     weights = load_weights(available[step])
     saved = weights["config"]
     # The stored config, with keys added to the schema since it was written taken from the
-    # named config (-config_path, else the run's own model config file).
-    config_path = args.config_path or OmegaConf.select(OmegaConf.create(saved), "BasicSettings.model",
+    # named config (-config_path, else the run's own model config file; BasicSettings.model is
+    # only a label, e.g. GITSTORM_noMG for an ablation run of GITSTORM.yaml).
+    config_path = args.config_path or OmegaConf.select(OmegaConf.create(saved), "BasicSettings.config_path",
                                                        default=None) or "STORM"
     if Path(config_path).suffix not in (".yaml", ".yml"):
         config_path = str(CONFIG_DIR / f"{config_path}.yaml")

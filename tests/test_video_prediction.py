@@ -388,19 +388,35 @@ def test_aggregate_table_puts_ours_beside_the_paper(tmp_path, capsys):
     assert (tmp_path / "table" / "video_prediction_table.csv").read_text().count("\n") == 14
 
 
-def test_command_refuses_a_family_without_video_prediction(tmp_path, capsys):
-    """A REM run's weights (config and entries as train.py writes them; the weights need not be
-    real): the protocol needs STORM's imagine/decode and agent, so one line says so."""
+def fake_weights(tmp_path, run_name, cfg):
+    """saved_models/<run_name>/weights_64.pt with a config and the entries train.py writes (no
+    real weights: enough for what the command reads before it builds the models)."""
     from omegaconf import OmegaConf
-
-    from families import compose_config
-    cfg = compose_config("REM", ["+preset=rem_cpu"])
-    run_dir = tmp_path / "saved_models" / "Boxing-REM-seed_1"
+    run_dir = tmp_path / "saved_models" / run_name
     run_dir.mkdir(parents=True)
     torch.save({"step": 64, "config": OmegaConf.to_container(cfg, resolve=True), "action_dim": 18, "discrete": True},
                run_dir / "weights_64.pt")
-    code, _, err = video_main(capsys, "-run_name=Boxing-REM-seed_1", f"-checkpoint_dir={tmp_path / 'saved_models'}",
-                              "-no_fvd")
+    return tmp_path / "saved_models"
+
+
+def test_an_ablation_run_finds_its_config_without_config_path(tmp_path):
+    """BasicSettings.model is a label (the ablations set it): the run's config file is found
+    from its stored BasicSettings.config_path."""
+    from families import compose_config
+    cfg = compose_config("GITSTORM", ["+preset=cpu", "Models.WorldModel.Prior=mlp",
+                                      "BasicSettings.model=GITSTORM_noMG"])
+    saved_models = fake_weights(tmp_path, "Boxing-GITSTORM_noMG-seed_0", cfg)
+    args = eval_video.parse_args(["-run_name=Boxing-GITSTORM_noMG-seed_0", f"-checkpoint_dir={saved_models}",
+                                  "-no_fvd"])
+    step, _, loaded = eval_video.load_run(args)
+    assert step == 64 and loaded.BasicSettings.model == "GITSTORM_noMG" and loaded.Models.WorldModel.Prior == "mlp"
+
+
+def test_command_refuses_a_family_without_video_prediction(tmp_path, capsys):
+    """A REM run: the protocol needs STORM's imagine/decode and agent, so one line says so."""
+    from families import compose_config
+    saved_models = fake_weights(tmp_path, "Boxing-REM-seed_1", compose_config("REM", ["+preset=rem_cpu"]))
+    code, _, err = video_main(capsys, "-run_name=Boxing-REM-seed_1", f"-checkpoint_dir={saved_models}", "-no_fvd")
     assert code == 2
     assert err.strip() == ("error: Boxing-REM-seed_1 is a REM-family run: the video-prediction protocol needs a world "
                            "model that imagines and decodes frames beside an agent (STORM, GIT-STORM)")
