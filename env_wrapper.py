@@ -35,7 +35,7 @@ env and exactly 1 in an evaluation env, from the ALE env's own seeded generator;
 their rewards are dropped and the observation after reset is the last no-op's frame.
 Action repeat 4, reward sum and life loss as for "storm". REM's EpisodicLifeEnv,
 which takes one extra no-op step after a life loss instead of a reset, is not
-reproduced (README, Deviations).
+reproduced (docs/deviations.md).
 
 Both protocols: a training env (training=True) reports a lost life in
 info["life_loss"] and carries on: the episode ends only at game over (or the frame

