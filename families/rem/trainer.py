@@ -101,7 +101,7 @@ class REMTrainer(RunTrainer):
 
     # ------------------------------------------------------------------ main loop
     def run(self, *, should_stop=never) -> None:
-        cfg, train = self.cfg, self.cfg.REMTrain
+        train = self.cfg.REMTrain
         # events after the checkpoint (epoch figures at the schedule step, episodes at the env step) are written again
         last_kept = max(self.schedule_step(self.epoch), self.step)
         writer = SummaryWriter(str(self.dirs.logs), purge_step=last_kept + 1 if last_kept else None)

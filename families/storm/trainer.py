@@ -59,7 +59,7 @@ class Trainer(RunTrainer):
         """Train until JointTrainAgent.SampleMaxSteps, or until `should_stop()` says so after a
         step (then with a checkpoint of that step); `after_step` is called after every env step
         and its updates (tools/benchmarks/throughput.py times the loop through it)."""
-        cfg, train = self.cfg, self.cfg.JointTrainAgent
+        train = self.cfg.JointTrainAgent
         envs, actor, pending = self.envs, self.actor, self.pending
         # events after the checkpoint's step were not kept by it: a resumed run writes them again
         writer = SummaryWriter(str(self.dirs.logs), purge_step=self.step + 1 if self.step else None)

@@ -37,7 +37,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
 
     cfg = compose_config("REM", args.override)
-    train, tok_cfg, wm_cfg = cfg.REMTrain, cfg.Models.Tokenizer, cfg.Models.RetNetWorldModel
+    train, wm_cfg = cfg.REMTrain, cfg.Models.RetNetWorldModel
     device = select_device(args.device)
     torch.manual_seed(0)
     tokenizer, world_model, controller = build_rem_models(cfg, args.actions, True, device).values()
