@@ -723,3 +723,14 @@ def test_world_model_update_scales_frames_once_and_writes_conv_activations_in_pl
     assert out_of_place_relu == []
     frames = obs[0]
     assert torch.equal(wm.encoder(frames), wm.encoder(frames / 255.0))
+
+
+def test_memory_layout_benchmark_prints_every_figure(capsys, one_torch_thread):
+    """tools/benchmarks/memory_layout.py (docs/speed.md's layer timings) runs, at a tiny batch."""
+    from tools.benchmarks.memory_layout import main
+    main(["--frames", "2", "--repeats", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "ConvTranspose2d 256->128 at 4x4", "ConvTranspose2d 128->64 at 8x8", "ConvTranspose2d 64->32 at 16x16",
+        "ConvTranspose2d 32->3 at 32x32", "Decoder forward + backward", "BatchNorm2d(32) on 2 x 32 x 32 x 32, largest "
+        "deviation from float64"]
