@@ -75,10 +75,11 @@ class Decoder(nn.Module):
         x = self.from_latent(z.flatten(1)).view(-1, self.top, 4, 4)    # (N, top, 4, 4)
         # Channels-last memory, as the encoder's input already is (a permuted (N, H, W, 3) frame):
         # on a CPU the decoder runs 1.5x faster in it (forward and backward at paper size;
-        # tools/benchmarks/memory_layout.py), on a GPU it is the layout tensor cores read, and the output permuted to (N, H, W, 3) is then contiguous, like the frames it is
-        # compared with. Same numbers, but for one thing: PyTorch's CPU BatchNorm sums a
-        # channels-last batch's statistics in float32 rather than float64, which moves its output
-        # by up to ~1e-3 at paper size (the encoder's BatchNorms, the authors' too, already run so).
+        # tools/benchmarks/memory_layout.py), on a GPU it is the layout tensor cores read, and the
+        # output permuted to (N, H, W, 3) is then contiguous, like the frames it is compared with.
+        # Same numbers, but for one thing: PyTorch's CPU BatchNorm sums a channels-last batch's
+        # statistics in float32 rather than float64, which moves its output by up to ~1e-3 at
+        # paper size (the encoder's BatchNorms, the authors' too, already run so).
         x = x.contiguous(memory_format=torch.channels_last)
         return self.deconvs(x).permute(0, 2, 3, 1)
 
